@@ -1,0 +1,26 @@
+//! The `lejepa` command line: one module per subcommand. Every command that reports numbers has
+//! `--json`, and then the last line of stdout is one JSON object.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod diagnose;
+
+#[derive(Parser)]
+#[command(name = "lejepa", version, about = "LeJEPA self-supervised image pretraining on libtorch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// SIGReg statistic, per-dimension moments and covariance spectrum of an N×K .npy of embeddings.
+    Diagnose(diagnose::Args),
+}
+
+pub fn run() -> Result<()> {
+    match Cli::parse().command {
+        Command::Diagnose(args) => diagnose::run(args),
+    }
+}

@@ -1,0 +1,149 @@
+//! SIGReg against independent expectations: a float64 numpy/pure-Python reference (full-grid
+//! trapezoid on the complex ECF, order statistics with math.erf), the published sanity values,
+//! finite differences, and the shard identity that distributed training relies on.
+
+use lejepa::sigreg::{EppsPulley, NormalityTest, Reduction, SigReg, directions};
+use tch::{Kind, Tensor};
+
+fn f64_tensor(rows: &[Vec<f64>]) -> Tensor {
+    let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+    Tensor::from_slice(&flat).view([rows.len() as i64, rows[0].len() as i64])
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+}
+
+fn fixture() -> serde_json::Value {
+    serde_json::from_str(include_str!("fixtures/sigreg_reference.json")).unwrap()
+}
+
+fn matrix(v: &serde_json::Value) -> Vec<Vec<f64>> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+#[test]
+fn every_test_matches_the_independent_float64_reference() {
+    let fx = fixture();
+    let z = f64_tensor(&matrix(&fx["z"]));
+    let a = f64_tensor(&matrix(&fx["directions"]));
+    for name in lejepa::sigreg::TEST_NAMES {
+        let test = NormalityTest::from_name(name, 3.0, 17).unwrap();
+        let sigreg = SigReg { test, slices: 7, seed: 0, reduction: Reduction::None };
+        let ours = values(&sigreg.forward_with_directions(&z, &a));
+        let expected: Vec<f64> = serde_json::from_value(fx[*name].clone()).unwrap();
+        for (j, (o, e)) in ours.iter().zip(&expected).enumerate() {
+            assert!((o - e).abs() <= 1e-9 * e.abs().max(1.0), "{name} slice {j}: ours {o}, reference {e}");
+        }
+        // Reductions are the mean and sum of the same per-slice values.
+        let mean = SigReg { reduction: Reduction::Mean, ..sigreg }.forward_with_directions(&z, &a).double_value(&[]);
+        let sum = SigReg { reduction: Reduction::Sum, ..sigreg }.forward_with_directions(&z, &a).double_value(&[]);
+        let total: f64 = expected.iter().sum();
+        assert!((sum - total).abs() < 1e-9 * total.abs().max(1.0), "{name} sum");
+        assert!((mean - total / 7.0).abs() < 1e-9 * total.abs().max(1.0), "{name} mean");
+    }
+}
+
+/// Epps–Pulley on one slice, N = 512, t_max = 3, 17 knots.
+fn ep_512(x: &Tensor) -> Tensor {
+    EppsPulley::default().statistic(x)
+}
+
+#[test]
+fn collapsed_batch_gives_the_published_value() {
+    // All-zero batch: φ̂ ≡ 1, so EP = N Σ w_j (1 − e^{−t_j²/2})² = 205.848 for N = 512.
+    let stat = ep_512(&Tensor::zeros([512, 1], (Kind::Double, tch::Device::Cpu))).double_value(&[0]);
+    assert!((stat - 205.848).abs() < 1e-3, "collapsed batch: {stat}");
+}
+
+#[test]
+fn averages_over_200_draws_match_the_published_values() {
+    tch::manual_seed(7);
+    let opts = (Kind::Double, tch::Device::Cpu);
+    let gaussian = Tensor::randn([200, 512, 1], opts);
+    // (distribution, samples, expected mean over 200 draws, tolerance: ≥ 4 standard errors)
+    let cases = [
+        ("N(0,1)", gaussian.shallow_clone(), 1.06, 0.3),
+        ("uniform(±√3)", (Tensor::rand([200, 512, 1], opts) * 2.0 - 1.0) * 3f64.sqrt(), 9.1, 0.9),
+        ("N(0,4)", &gaussian * 2.0, 123.0, 5.0),
+        ("N(1,1)", &gaussian + 1.0, 228.0, 8.0),
+    ];
+    for (name, x, expected, tolerance) in cases {
+        let mean = ep_512(&x).mean(None::<Kind>).double_value(&[]);
+        assert!((mean - expected).abs() < tolerance, "{name}: mean over 200 draws {mean}, published ≈ {expected}");
+    }
+}
+
+#[test]
+fn directions_are_unit_gaussian_and_a_function_of_seed_and_step() {
+    let a = directions(16, 512, 3, 10);
+    let norms = values(&a.square().sum_dim_intlist(0, false, None::<Kind>));
+    assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-12));
+    assert!(a.equal(&directions(16, 512, 3, 10)), "same seed and step must give the same directions");
+    assert!(!a.equal(&directions(16, 512, 3, 11)), "a new step must draw new directions");
+    assert!(!a.equal(&directions(16, 512, 4, 10)), "a new seed must draw new directions");
+    // Gaussian columns normalised: entries have mean 0 and variance 1/K.
+    let var = a.var(true).double_value(&[]);
+    assert!((var - 1.0 / 16.0).abs() < 0.004, "entry variance {var}");
+}
+
+/// Central finite differences of a scalar function of x, compared with autograd.
+fn check_gradient(x: &Tensor, f: impl Fn(&Tensor) -> Tensor) {
+    let x = x.set_requires_grad(true);
+    f(&x).backward();
+    let autograd = values(&x.grad());
+    let base = values(&x.detach());
+    let h = 1e-6;
+    for i in 0..base.len() {
+        let bumped = |delta: f64| {
+            let mut v = base.clone();
+            v[i] += delta;
+            f(&Tensor::from_slice(&v).view(x.size().as_slice())).double_value(&[])
+        };
+        let numeric = (bumped(h) - bumped(-h)) / (2.0 * h);
+        assert!(
+            (numeric - autograd[i]).abs() < 1e-6 * numeric.abs().max(1.0),
+            "gradient {i}: autograd {}, finite differences {numeric}",
+            autograd[i]
+        );
+    }
+}
+
+#[test]
+fn sigreg_gradient_matches_finite_differences() {
+    tch::manual_seed(11);
+    let z = Tensor::randn([2, 16, 4], (Kind::Double, tch::Device::Cpu)) * 1.5 + 0.3;
+    let sigreg = SigReg { slices: 8, ..SigReg::default() };
+    check_gradient(&z, |z| sigreg.forward(z, 5).mean(None::<Kind>));
+}
+
+#[test]
+fn shards_reduced_give_the_single_batch_statistic_and_gradient() {
+    tch::manual_seed(3);
+    let ep = EppsPulley::default();
+    let x = (Tensor::randn([3, 96, 32], (Kind::Double, tch::Device::Cpu)) * 0.7).set_requires_grad(true);
+    let whole = ep.statistic(&x).sum(None::<Kind>);
+    whole.backward();
+    let whole_grad = x.grad().copy();
+    let _ = x.grad().zero_();
+
+    // Three uneven shards of the batch axis, as three processes would hold them.
+    let shards = x.split_with_sizes([40, 24, 32], 1);
+    let mut sums = ep.ecf_sums(&shards[0]);
+    for shard in &shards[1..] {
+        sums = sums.add(&ep.ecf_sums(shard));
+    }
+    let sharded = ep.statistic_from_sums(&sums, 96).sum(None::<Kind>);
+    sharded.backward();
+    let diff = (whole.double_value(&[]) - sharded.double_value(&[])).abs();
+    assert!(diff < 1e-12 * whole.double_value(&[]).abs(), "statistic differs by {diff}");
+    assert!(x.grad().allclose(&whole_grad, 1e-12, 1e-14, false), "gradients differ");
+}
+
+#[test]
+fn bad_parameters_are_rejected_with_a_clear_message() {
+    let err = EppsPulley::new(3.0, 16).unwrap_err().to_string();
+    assert!(err.contains("odd"), "{err}");
+    let err = NormalityTest::from_name("kolmogorov", 3.0, 17).unwrap_err().to_string();
+    assert!(err.contains("epps-pulley") && err.contains("kolmogorov"), "{err}");
+}
