@@ -2,6 +2,7 @@
 //! on libtorch. The method is two files: [`sigreg`] and [`objective`].
 pub mod cli;
 pub mod diagnostics;
+pub mod models;
 pub mod npy;
 pub mod objective;
 pub mod sigreg;

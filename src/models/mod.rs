@@ -1,0 +1,265 @@
+//! Backbones (ViT, ResNet) and the projector, chosen by name. Variable paths are timm's parameter
+//! names (under `backbone.`), so weights move between lejepa and PyTorch without a renaming table.
+
+pub mod resnet;
+pub mod vit;
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn};
+
+use resnet::{ResNet, ResNetConfig};
+use vit::{Vit, VitConfig};
+
+/// What a backbone returns for a batch of images.
+pub struct Features {
+    /// `[B, D]`: timm's pooled output with num_classes=0 (ViT: final-norm class token; ResNet: average pool).
+    pub embedding: Tensor,
+    /// `[B, D']`: what the linear probe reads (ViT: class tokens of the last two blocks, concatenated).
+    pub probe: Tensor,
+}
+
+/// An architecture by name, before the data fixes its channels and image size.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "kebab-case")]
+pub enum Arch {
+    Vit { width: i64, depth: i64, heads: i64, patch: i64 },
+    Resnet { depth: i64, small_stem: bool },
+}
+
+pub const KNOWN_ARCHS: &str = "vit-tiny, vit-small, vit-base (optionally -patchP with P in 4, 8, 14, 16 and -depthD, \
+e.g. vit-small-patch16, vit-tiny-patch4-depth6), resnet18, resnet34, resnet50 (ImageNet stem), \
+resnet18-small, resnet34-small, resnet50-small (3×3 stem without max-pool, for 28–64 px images)";
+
+impl Arch {
+    /// Parses `vit-{tiny,small,base}[-patchP][-depthD]` and `resnet{18,34,50}[-small]`.
+    pub fn from_name(name: &str) -> Result<Arch> {
+        let unknown = || anyhow::anyhow!("unknown architecture '{name}'; known: {KNOWN_ARCHS}");
+        if let Some(rest) = name.strip_prefix("resnet") {
+            let (depth, small_stem) = match rest.strip_suffix("-small") {
+                Some(depth) => (depth, true),
+                None => (rest, false),
+            };
+            let depth: i64 = depth.parse().map_err(|_| unknown())?;
+            ensure!([18, 34, 50].contains(&depth), unknown());
+            return Ok(Arch::Resnet { depth, small_stem });
+        }
+        let mut parts = name.split('-');
+        if parts.next() != Some("vit") {
+            return Err(unknown());
+        }
+        let (width, heads) = match parts.next() {
+            Some("tiny") => (192, 3),
+            Some("small") => (384, 6),
+            Some("base") => (768, 12),
+            _ => return Err(unknown()),
+        };
+        let (mut patch, mut depth) = (16, 12);
+        for part in parts {
+            if let Some(p) = part.strip_prefix("patch") {
+                patch = p.parse().map_err(|_| unknown())?;
+                ensure!([4, 8, 14, 16].contains(&patch), "{name}: patch size must be 4, 8, 14 or 16");
+            } else if let Some(d) = part.strip_prefix("depth") {
+                depth = d.parse().map_err(|_| unknown())?;
+                ensure!(depth >= 1, "{name}: depth must be at least 1");
+            } else {
+                return Err(unknown());
+            }
+        }
+        Ok(Arch::Vit { width, depth, heads, patch })
+    }
+
+    /// The timm model name with the same configuration, where one exists.
+    pub fn timm_name(&self) -> Option<String> {
+        match *self {
+            Arch::Vit { width, depth: 12, patch, .. } => {
+                let size = match width { 192 => "tiny", 384 => "small", _ => "base" };
+                Some(format!("vit_{size}_patch{patch}_224"))
+            }
+            Arch::Resnet { depth, small_stem: false } => Some(format!("resnet{depth}")),
+            _ => None,
+        }
+    }
+}
+
+pub enum Backbone {
+    Vit(Vit),
+    ResNet(ResNet),
+}
+
+impl Backbone {
+    /// Builds the backbone under `path` for images of `in_chans` channels and `img_size` pixels.
+    pub fn new(path: &nn::Path, arch: Arch, in_chans: i64, img_size: i64, drop_path: f64) -> Result<Backbone> {
+        Ok(match arch {
+            Arch::Vit { width, depth, heads, patch } => {
+                ensure!(img_size % patch == 0, "image size {img_size} is not a multiple of the patch size {patch}");
+                let config = VitConfig { width, depth, heads, patch, in_chans, img_size, mlp_ratio: 4.0, drop_path };
+                Backbone::Vit(Vit::new(path, config))
+            }
+            Arch::Resnet { depth, small_stem } => {
+                Backbone::ResNet(ResNet::new(path, ResNetConfig { depth, in_chans, small_stem, drop_path }))
+            }
+        })
+    }
+
+    pub fn forward(&self, images: &Tensor, train: bool) -> Features {
+        match self {
+            Backbone::Vit(vit) => vit.forward(images, train),
+            Backbone::ResNet(resnet) => resnet.forward(images, train),
+        }
+    }
+
+    pub fn embed_dim(&self) -> i64 {
+        match self {
+            Backbone::Vit(vit) => vit.config().width,
+            Backbone::ResNet(resnet) => resnet.config().embed_dim(),
+        }
+    }
+
+    pub fn probe_dim(&self) -> i64 {
+        match self {
+            Backbone::Vit(vit) => vit.config().width * vit.config().depth.min(2),
+            Backbone::ResNet(resnet) => resnet.config().embed_dim(),
+        }
+    }
+}
+
+/// PyTorch's default Linear/Conv initialisation, U(±1/√fan_in) for weights and biases
+/// (tch's default Kaiming-uniform is √6 times wider).
+pub fn pytorch_default_init(fan_in: i64) -> nn::ConvConfig {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let uniform = nn::Init::Uniform { lo: -bound, up: bound };
+    nn::ConvConfig { ws_init: uniform, bs_init: uniform, ..Default::default() }
+}
+
+/// Linear–BatchNorm–ReLU twice, then Linear (paper: 2048-2048-64). Variables are named as
+/// torchvision's `ops.MLP` numbers its layers (0, 1, 4, 5, 8), so its state_dict loads as is.
+pub struct Projector {
+    layers: Vec<(nn::Linear, Option<nn::BatchNorm>)>,
+}
+
+impl Projector {
+    pub fn new(path: &nn::Path, in_dim: i64, dims: &[i64]) -> Result<Projector> {
+        ensure!(!dims.is_empty(), "the projector needs at least one layer");
+        let mut layers = Vec::new();
+        let mut prev = in_dim;
+        for (i, &dim) in dims.iter().enumerate() {
+            let last = i + 1 == dims.len();
+            let bound = 1.0 / (prev as f64).sqrt();
+            let uniform = nn::Init::Uniform { lo: -bound, up: bound };
+            let config = nn::LinearConfig { ws_init: uniform, bs_init: Some(uniform), bias: true };
+            let linear = nn::linear(path / (4 * i), prev, dim, config);
+            let norm = (!last).then(|| {
+                let config = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() };
+                nn::batch_norm1d(path / (4 * i + 1), dim, config)
+            });
+            layers.push((linear, norm));
+            prev = dim;
+        }
+        Ok(Projector { layers })
+    }
+
+    /// `[B, D]` → `[B, dims.last()]`.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut x = x.shallow_clone();
+        for (linear, norm) in &self.layers {
+            x = x.apply(linear);
+            if let Some(norm) = norm {
+                x = x.apply_t(norm, train).relu();
+            }
+        }
+        x
+    }
+}
+
+/// Backbone and projector in one VarStore, under `backbone.` and `projector.`.
+pub struct Encoder {
+    pub vs: nn::VarStore,
+    pub backbone: Backbone,
+    pub projector: Projector,
+}
+
+impl Encoder {
+    pub fn new(device: Device, arch: Arch, in_chans: i64, img_size: i64, drop_path: f64, projector: &[i64]) -> Result<Encoder> {
+        let vs = nn::VarStore::new(device);
+        let backbone = Backbone::new(&(vs.root() / "backbone"), arch, in_chans, img_size, drop_path)?;
+        let projector = Projector::new(&(vs.root() / "projector"), backbone.embed_dim(), projector)?;
+        Ok(Encoder { vs, backbone, projector })
+    }
+
+    /// Number of trainable parameters of the backbone alone (what timm counts with num_classes=0).
+    pub fn backbone_parameters(&self) -> i64 {
+        self.vs
+            .variables()
+            .iter()
+            .filter(|(name, t)| name.starts_with("backbone.") && t.requires_grad())
+            .map(|(_, t)| t.numel() as i64)
+            .sum()
+    }
+
+    /// The backbone's tensors under timm's names (prefix stripped), BatchNorm counters as int64.
+    pub fn backbone_state(&self) -> Vec<(String, Tensor)> {
+        let mut state: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter_map(|(name, t)| {
+                let name = name.strip_prefix("backbone.")?.to_string();
+                let t = if name.ends_with("num_batches_tracked") { t.to_kind(Kind::Int64) } else { t.detach() };
+                Some((name, t))
+            })
+            .collect();
+        state.sort_by(|a, b| a.0.cmp(&b.0));
+        state
+    }
+
+    /// Writes the backbone as safetensors with timm's names, atomically (temporary file, then rename).
+    pub fn save_backbone(&self, path: &Path) -> Result<()> {
+        let state: Vec<(String, Tensor)> =
+            self.backbone_state().into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous())).collect();
+        let tmp = path.with_extension("safetensors.tmp");
+        Tensor::write_safetensors(&state, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    }
+
+    /// Loads backbone weights saved with timm's names (by lejepa or by timm). Strict: every
+    /// tensor of the model must be in the file with the same shape, and the file may hold nothing else
+    /// (a classifier head `head.*`/`fc.*` is ignored).
+    pub fn load_backbone(&mut self, path: &Path) -> Result<()> {
+        let shown = path.display();
+        ensure!(path.exists(), "{shown}: no such file");
+        let tensors = Tensor::read_safetensors(path).map_err(|e| anyhow::anyhow!("{shown}: not a readable safetensors file ({e})"))?;
+        let mut file: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+        let variables = self.vs.variables();
+        let mut missing = Vec::new();
+        tch::no_grad(|| -> Result<()> {
+            for (name, var) in &variables {
+                let Some(timm_name) = name.strip_prefix("backbone.") else { continue };
+                match file.remove(timm_name) {
+                    None => missing.push(timm_name.to_string()),
+                    Some(value) => {
+                        ensure!(
+                            value.size() == var.size(),
+                            "{shown}: tensor '{timm_name}' has shape {:?}, the model expects {:?} (wrong --arch, image size or channels?)",
+                            value.size(),
+                            var.size()
+                        );
+                        var.shallow_clone().copy_(&value.to_kind(var.kind()));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        missing.sort();
+        if !missing.is_empty() {
+            bail!("{shown}: {} tensor(s) of the model are missing, e.g. {} (wrong --arch?)", missing.len(), missing[..missing.len().min(3)].join(", "));
+        }
+        let mut extra: Vec<String> =
+            file.into_keys().filter(|n| !(n.starts_with("head.") || n.starts_with("fc.") || n.starts_with("head_drop"))).collect();
+        extra.sort();
+        ensure!(extra.is_empty(), "{shown}: {} tensor(s) the model does not have, e.g. {} (wrong --arch?)", extra.len(), extra[..extra.len().min(3)].join(", "));
+        Ok(())
+    }
+}

@@ -1,0 +1,152 @@
+//! ResNet-18/34/50 with timm's (= torchvision's) parameter names, without the classifier.
+//! Two stems: the ImageNet one (7×7 stride-2 conv + max-pool) and a small-image one (3×3 stride-1
+//! conv, no max-pool) for 28–64 px inputs, where the ImageNet stem would throw away most pixels.
+
+use tch::nn;
+use tch::Tensor;
+
+use super::Features;
+use super::vit::drop_path;
+
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ResNetConfig {
+    /// 18, 34 or 50.
+    pub depth: i64,
+    pub in_chans: i64,
+    pub small_stem: bool,
+    /// Stochastic-depth rate of the last block (linearly increasing over the blocks).
+    pub drop_path: f64,
+}
+
+impl ResNetConfig {
+    fn bottleneck(&self) -> bool {
+        self.depth >= 50
+    }
+
+    fn blocks_per_stage(&self) -> [i64; 4] {
+        match self.depth {
+            18 => [2, 2, 2, 2],
+            34 | 50 => [3, 4, 6, 3],
+            other => panic!("no ResNet-{other}; known depths are 18, 34 and 50"),
+        }
+    }
+
+    pub fn embed_dim(&self) -> i64 {
+        if self.bottleneck() { 2048 } else { 512 }
+    }
+}
+
+/// timm: kaiming_normal(fan_out, relu) for convolutions, no bias (BatchNorm follows).
+fn conv(path: nn::Path, in_c: i64, out_c: i64, kernel: i64, stride: i64) -> nn::Conv2D {
+    let init = nn::Init::Kaiming {
+        dist: nn::init::NormalOrUniform::Normal,
+        fan: nn::init::FanInOut::FanOut,
+        non_linearity: nn::init::NonLinearity::ReLU,
+    };
+    let config = nn::ConvConfig { stride, padding: kernel / 2, bias: false, ws_init: init, ..Default::default() };
+    nn::conv2d(path, in_c, out_c, kernel, config)
+}
+
+/// BatchNorm with PyTorch's γ = 1 (tch defaults to uniform [0, 1)), or γ = 0 for the last norm of a
+/// residual branch (timm's zero_init_last: every block starts as the identity). Also registers
+/// `num_batches_tracked`, so saved weights load into PyTorch with strict=True.
+fn batch_norm(path: nn::Path, channels: i64, zero_gamma: bool) -> nn::BatchNorm {
+    let gamma = if zero_gamma { 0.0 } else { 1.0 };
+    let _ = path.zeros_no_train("num_batches_tracked", &[]); // stored as int64 on export
+    nn::batch_norm2d(path, channels, nn::BatchNormConfig { ws_init: nn::Init::Const(gamma), ..Default::default() })
+}
+
+struct Block {
+    convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
+    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    drop_path: f64,
+}
+
+impl Block {
+    fn new(path: nn::Path, in_c: i64, planes: i64, stride: i64, bottleneck: bool, drop_path: f64) -> Block {
+        // (kernel, in, out, stride) of each conv; the stride sits on the 3×3 conv (ResNet v1.5).
+        let layout: Vec<(i64, i64, i64, i64)> = if bottleneck {
+            vec![(1, in_c, planes, 1), (3, planes, planes, stride), (1, planes, planes * 4, 1)]
+        } else {
+            vec![(3, in_c, planes, stride), (3, planes, planes, 1)]
+        };
+        let out_c = layout.last().unwrap().2;
+        let last = layout.len();
+        let convs = layout
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, cin, cout, s))| {
+                let n = i + 1;
+                (conv(&path / format!("conv{n}"), cin, cout, k, s), batch_norm(&path / format!("bn{n}"), cout, n == last))
+            })
+            .collect();
+        let downsample = (stride != 1 || in_c != out_c).then(|| {
+            let ds = &path / "downsample";
+            (conv(&ds / 0, in_c, out_c, 1, stride), batch_norm(&ds / 1, out_c, false))
+        });
+        Block { convs, downsample, drop_path }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut branch = x.shallow_clone();
+        for (i, (conv, bn)) in self.convs.iter().enumerate() {
+            branch = branch.apply(conv).apply_t(bn, train);
+            if i + 1 < self.convs.len() {
+                branch = branch.relu();
+            }
+        }
+        let shortcut = match &self.downsample {
+            Some((conv, bn)) => x.apply(conv).apply_t(bn, train),
+            None => x.shallow_clone(),
+        };
+        (drop_path(branch, self.drop_path, train) + shortcut).relu()
+    }
+}
+
+pub struct ResNet {
+    config: ResNetConfig,
+    stem: (nn::Conv2D, nn::BatchNorm),
+    blocks: Vec<Block>,
+}
+
+impl ResNet {
+    pub fn new(path: &nn::Path, config: ResNetConfig) -> ResNet {
+        let stem_conv = if config.small_stem {
+            conv(path / "conv1", config.in_chans, 64, 3, 1)
+        } else {
+            conv(path / "conv1", config.in_chans, 64, 7, 2)
+        };
+        let stem = (stem_conv, batch_norm(path / "bn1", 64, false));
+        let expansion = if config.bottleneck() { 4 } else { 1 };
+        let total_blocks: i64 = config.blocks_per_stage().iter().sum();
+        let mut blocks = Vec::new();
+        let mut in_c = 64;
+        for (stage, (&count, planes)) in config.blocks_per_stage().iter().zip([64, 128, 256, 512]).enumerate() {
+            for i in 0..count {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                let rate = config.drop_path * blocks.len() as f64 / (total_blocks - 1) as f64;
+                let layer = path / format!("layer{}", stage + 1) / i;
+                blocks.push(Block::new(layer, in_c, planes, stride, config.bottleneck(), rate));
+                in_c = planes * expansion;
+            }
+        }
+        ResNet { config, stem, blocks }
+    }
+
+    pub fn config(&self) -> &ResNetConfig {
+        &self.config
+    }
+
+    /// images: `[B, C, H, W]` → globally average-pooled features (embedding and probe features alike).
+    pub fn forward(&self, images: &Tensor, train: bool) -> Features {
+        let mut x = images.apply(&self.stem.0).apply_t(&self.stem.1, train).relu();
+        if !self.config.small_stem {
+            x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        }
+        for block in &self.blocks {
+            x = block.forward(&x, train);
+        }
+        let pooled = x.mean_dim(&[2i64, 3][..], false, None::<tch::Kind>); // [B, C]
+        Features { probe: pooled.shallow_clone(), embedding: pooled }
+    }
+}

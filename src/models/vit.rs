@@ -1,0 +1,162 @@
+//! Vision Transformer, laid out exactly as timm's `VisionTransformer` (class token, learnable
+//! absolute position embedding, pre-LayerNorm blocks, no head) so that the variable paths *are*
+//! timm's parameter names: `blocks.3.attn.qkv.weight` and so on.
+
+use tch::nn;
+use tch::{Kind, Tensor};
+
+use super::{Features, pytorch_default_init};
+
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VitConfig {
+    pub width: i64,
+    pub depth: i64,
+    pub heads: i64,
+    pub patch: i64,
+    pub in_chans: i64,
+    /// The image size the position embedding is laid out for; other sizes interpolate it.
+    pub img_size: i64,
+    pub mlp_ratio: f64,
+    /// Stochastic-depth rate of the last block (linearly increasing from 0 over the depth).
+    pub drop_path: f64,
+}
+
+struct Block {
+    norm1: nn::LayerNorm,
+    qkv: nn::Linear,
+    proj: nn::Linear,
+    norm2: nn::LayerNorm,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    heads: i64,
+    drop_path: f64,
+}
+
+pub struct Vit {
+    config: VitConfig,
+    patch_proj: nn::Conv2D,
+    cls_token: Tensor,
+    pos_embed: Tensor,
+    blocks: Vec<Block>,
+    norm: nn::LayerNorm,
+}
+
+/// timm initialises ViT linears with trunc_normal(std=0.02) (bounds ±2 are ~100σ: a plain normal) and zero biases.
+fn vit_linear(path: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
+    let config = nn::LinearConfig {
+        ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    };
+    nn::linear(path, in_dim, out_dim, config)
+}
+
+fn layer_norm(path: nn::Path, dim: i64) -> nn::LayerNorm {
+    nn::layer_norm(path, vec![dim], nn::LayerNormConfig { eps: 1e-6, ..Default::default() })
+}
+
+/// Drops the whole residual branch of random samples while training, rescaling the kept ones.
+pub fn drop_path(branch: Tensor, rate: f64, train: bool) -> Tensor {
+    if !train || rate == 0.0 {
+        return branch;
+    }
+    let keep = 1.0 - rate;
+    let mut shape = vec![branch.size()[0]];
+    shape.resize(branch.dim(), 1);
+    let mask = Tensor::empty(shape.as_slice(), (branch.kind(), branch.device())).bernoulli_float_(keep);
+    branch * mask / keep
+}
+
+impl Block {
+    fn new(path: nn::Path, width: i64, heads: i64, mlp_ratio: f64, drop_path: f64) -> Block {
+        let hidden = (width as f64 * mlp_ratio) as i64;
+        Block {
+            norm1: layer_norm(&path / "norm1", width),
+            qkv: vit_linear(&path / "attn" / "qkv", width, 3 * width),
+            proj: vit_linear(&path / "attn" / "proj", width, width),
+            norm2: layer_norm(&path / "norm2", width),
+            fc1: vit_linear(&path / "mlp" / "fc1", width, hidden),
+            fc2: vit_linear(&path / "mlp" / "fc2", hidden, width),
+            heads,
+            drop_path,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let (b, t, d) = x.size3().unwrap();
+        let qkv = x.apply(&self.norm1).apply(&self.qkv).reshape([b, t, 3, self.heads, d / self.heads]);
+        let qkv = qkv.permute([2, 0, 3, 1, 4]); // [3, B, heads, T, head_dim]
+        let attended = Tensor::scaled_dot_product_attention(
+            &qkv.get(0), &qkv.get(1), &qkv.get(2), None::<Tensor>, 0.0, false, None, false,
+        ); // [B, heads, T, head_dim]
+        let attended = attended.transpose(1, 2).reshape([b, t, d]).apply(&self.proj);
+        let x = x + drop_path(attended, self.drop_path, train);
+        let mlp = x.apply(&self.norm2).apply(&self.fc1).gelu("none").apply(&self.fc2);
+        &x + drop_path(mlp, self.drop_path, train)
+    }
+}
+
+impl Vit {
+    pub fn new(path: &nn::Path, config: VitConfig) -> Vit {
+        let VitConfig { width, depth, patch, in_chans, img_size, .. } = config;
+        let grid = img_size / patch;
+        let patch_proj = nn::conv2d(
+            path / "patch_embed" / "proj",
+            in_chans,
+            width,
+            patch,
+            nn::ConvConfig { stride: patch, ..pytorch_default_init(in_chans * patch * patch) },
+        );
+        let cls_token = path.var("cls_token", &[1, 1, width], nn::Init::Randn { mean: 0.0, stdev: 1e-6 });
+        let pos_embed = path.var("pos_embed", &[1, 1 + grid * grid, width], nn::Init::Randn { mean: 0.0, stdev: 0.02 });
+        let blocks = (0..depth)
+            .map(|i| {
+                // Stochastic depth grows linearly with depth, as in timm and DINO.
+                let rate = if depth > 1 { config.drop_path * i as f64 / (depth - 1) as f64 } else { config.drop_path };
+                Block::new(path / "blocks" / i, width, config.heads, config.mlp_ratio, rate)
+            })
+            .collect();
+        Vit { config, patch_proj, cls_token, pos_embed, blocks, norm: layer_norm(path / "norm", width) }
+    }
+
+    pub fn config(&self) -> &VitConfig {
+        &self.config
+    }
+
+    /// Position embedding for a `grid_h × grid_w` patch grid: the learned one, resampled bicubically
+    /// with antialiasing (timm's `resample_abs_pos_embed`) when a view's size differs from img_size.
+    fn pos_embed_for(&self, grid_h: i64, grid_w: i64) -> Tensor {
+        let grid = self.config.img_size / self.config.patch;
+        if grid_h == grid && grid_w == grid {
+            return self.pos_embed.shallow_clone();
+        }
+        let width = self.config.width;
+        let cls_pos = self.pos_embed.narrow(1, 0, 1);
+        let patch_pos = self.pos_embed.narrow(1, 1, grid * grid).reshape([1, grid, grid, width]).permute([0, 3, 1, 2]);
+        let resampled = patch_pos
+            .to_kind(Kind::Float)
+            .internal_upsample_bicubic2d_aa([grid_h, grid_w], false, None, None)
+            .to_kind(patch_pos.kind());
+        let resampled = resampled.permute([0, 2, 3, 1]).reshape([1, grid_h * grid_w, width]);
+        Tensor::cat(&[cls_pos, resampled], 1)
+    }
+
+    /// images: `[B, C, H, W]` → the final-norm class token and the raw class tokens of the last two blocks.
+    pub fn forward(&self, images: &Tensor, train: bool) -> Features {
+        let patches = images.apply(&self.patch_proj); // [B, width, H/p, W/p]
+        let (b, _, grid_h, grid_w) = patches.size4().unwrap();
+        let tokens = patches.flatten(2, 3).transpose(1, 2); // [B, T, width]
+        let cls = self.cls_token.expand([b, -1, -1], false);
+        let mut x = Tensor::cat(&[cls, tokens], 1) + self.pos_embed_for(grid_h, grid_w);
+        let mut last_two_cls = Vec::with_capacity(2);
+        let depth = self.blocks.len();
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, train);
+            if i + 2 >= depth {
+                last_two_cls.push(x.select(1, 0));
+            }
+        }
+        let embedding = x.select(1, 0).apply(&self.norm); // timm's pooled output with num_classes=0
+        Features { embedding, probe: Tensor::cat(&last_two_cls, 1) }
+    }
+}

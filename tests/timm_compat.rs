@@ -1,0 +1,135 @@
+//! Our backbones are timm's networks: same parameter counts (published timm/torchvision figures),
+//! and, when the Python side is installed (`scripts/setup --python`), same weights and features in
+//! both directions through safetensors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lejepa::models::{Arch, Encoder};
+use tch::{Device, Kind, Tensor};
+
+fn encoder(arch: &str, in_chans: i64, img_size: i64) -> Encoder {
+    Encoder::new(Device::Cpu, Arch::from_name(arch).unwrap(), in_chans, img_size, 0.0, &[64, 64, 16]).unwrap()
+}
+
+#[test]
+fn parameter_counts_equal_timms() {
+    // timm/torchvision parameter counts minus the 1000-class classifier (num_classes=0).
+    let cases = [
+        ("vit-tiny-patch16", 5_717_416 - (192 * 1000 + 1000)),
+        ("vit-small-patch16", 22_050_664 - (384 * 1000 + 1000)),
+        ("vit-base-patch16", 86_567_656 - (768 * 1000 + 1000)),
+        ("resnet18", 11_689_512 - (512 * 1000 + 1000)),
+        ("resnet34", 21_797_672 - (512 * 1000 + 1000)),
+        ("resnet50", 25_557_032 - (2048 * 1000 + 1000)),
+    ];
+    for (arch, expected) in cases {
+        assert_eq!(encoder(arch, 3, 224).backbone_parameters(), expected, "{arch}");
+    }
+}
+
+#[test]
+fn unknown_architectures_list_the_known_ones() {
+    let err = Arch::from_name("vit-huge").unwrap_err().to_string();
+    assert!(err.contains("vit-huge") && err.contains("resnet50") && err.contains("vit-small"), "{err}");
+    assert!(Arch::from_name("resnet101").is_err());
+    assert!(Arch::from_name("vit-tiny-patch5").is_err());
+}
+
+#[test]
+fn vit_accepts_other_view_sizes_and_reports_probe_features() {
+    let enc = encoder("vit-tiny-patch4-depth2", 1, 28);
+    let global = enc.backbone.forward(&Tensor::randn([3, 1, 28, 28], (Kind::Float, Device::Cpu)), false);
+    let local = enc.backbone.forward(&Tensor::randn([3, 1, 12, 12], (Kind::Float, Device::Cpu)), false);
+    assert_eq!(global.embedding.size(), [3, 192]);
+    assert_eq!(local.embedding.size(), [3, 192]);
+    assert_eq!(global.probe.size(), [3, 384], "class tokens of the last two blocks");
+}
+
+fn python_with_timm() -> Option<PathBuf> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let ok = Command::new(&python).args(["-c", "import timm, safetensors"]).output().map(|o| o.status.success());
+    if ok.unwrap_or(false) {
+        Some(python)
+    } else {
+        eprintln!("skipping the timm round trip: .venv has no timm (run scripts/setup --python)");
+        None
+    }
+}
+
+fn timm_check(python: &Path, mode: &str, name: &str, img_size: i64, in_chans: i64, dir: &Path, extra: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/timm_check.py");
+    let out = Command::new(python)
+        .arg(script)
+        .args([mode, "--name", name, "--img-size", &img_size.to_string(), "--in-chans", &in_chans.to_string()])
+        .args(["--dir", dir.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "timm_check {mode} {name}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{stdout}");
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn weights_and_features_round_trip_with_timm() {
+    let Some(python) = python_with_timm() else { return };
+    // (our name, timm name, image size, channels, input size fed: differs for a ViT to exercise interpolation)
+    let cases = [
+        ("vit-small-patch16", 224, 3, 224),
+        ("vit-tiny-patch16", 224, 1, 160),
+        ("resnet50", 224, 3, 96),
+        ("resnet18", 224, 1, 64),
+    ];
+    for (arch, img_size, in_chans, input_size) in cases {
+        let timm_name = Arch::from_name(arch).unwrap().timm_name().unwrap();
+        let dir = std::env::temp_dir().join(format!("lejepa-timm-{}-{arch}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+
+        // lejepa → timm: timm loads our file with strict=True and reproduces our features.
+        tch::manual_seed(0);
+        let mut enc = encoder(arch, in_chans, img_size);
+        // Non-trivial BatchNorm statistics and γ so that eval-mode BatchNorm is really compared.
+        tch::no_grad(|| {
+            for (name, var) in enc.vs.variables() {
+                if name.ends_with("running_var") || (name.contains("bn") && name.ends_with("weight")) {
+                    let _ = var.shallow_clone().copy_(&(Tensor::rand_like(&var) + 0.5));
+                } else if name.ends_with("running_mean") {
+                    let _ = var.shallow_clone().copy_(&(Tensor::randn_like(&var) * 0.1));
+                }
+            }
+        });
+        let input = Tensor::randn([2, in_chans, input_size, input_size], (Kind::Float, Device::Cpu));
+        let ours = tch::no_grad(|| enc.backbone.forward(&input, false).embedding);
+        enc.save_backbone(&dir.join("weights.safetensors")).unwrap();
+        input.write_npy(dir.join("input.npy")).unwrap();
+        ours.write_npy(dir.join("features.npy")).unwrap();
+        timm_check(&python, "verify", &timm_name, img_size, in_chans, &dir, &[]);
+
+        // timm → lejepa: we load timm's own initialisation and reproduce its features.
+        timm_check(&python, "export", &timm_name, img_size, in_chans, &dir, &["--input-size", &input_size.to_string()]);
+        enc.load_backbone(&dir.join("weights.safetensors")).unwrap();
+        let input = Tensor::read_npy(dir.join("input.npy")).unwrap();
+        let theirs = Tensor::read_npy(dir.join("features.npy")).unwrap();
+        let ours = tch::no_grad(|| enc.backbone.forward(&input, false).embedding);
+        let diff = max_abs_diff(&ours, &theirs);
+        assert!(diff <= 1e-4, "{arch}: features of timm's weights differ by {diff}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+#[test]
+fn loading_the_wrong_architecture_names_the_file_and_the_tensor() {
+    let dir = std::env::temp_dir().join(format!("lejepa-wrong-arch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("resnet18.safetensors");
+    encoder("resnet18", 3, 64).save_backbone(&path).unwrap();
+    let err = encoder("resnet34", 3, 64).load_backbone(&path).unwrap_err().to_string();
+    assert!(err.contains("resnet18.safetensors") && err.contains("missing"), "{err}");
+    let err = encoder("resnet18", 1, 64).load_backbone(&path).unwrap_err().to_string();
+    assert!(err.contains("conv1.weight") && err.contains("shape"), "{err}");
+}
