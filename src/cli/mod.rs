@@ -4,7 +4,10 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+pub mod data_args;
 mod diagnose;
+mod pretrain;
+mod views;
 
 #[derive(Parser)]
 #[command(name = "lejepa", version, about = "LeJEPA self-supervised image pretraining on libtorch")]
@@ -17,10 +20,16 @@ struct Cli {
 enum Command {
     /// SIGReg statistic, per-dimension moments and covariance spectrum of an N×K .npy of embeddings.
     Diagnose(diagnose::Args),
+    /// Pretrain an encoder with LeJEPA (default: the cpu-small preset on Fashion-MNIST).
+    Pretrain(pretrain::Args),
+    /// Draw the training views of some images: each row an image, its global then local views.
+    Views(views::Args),
 }
 
 pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Diagnose(args) => diagnose::run(args),
+        Command::Pretrain(args) => pretrain::run(args),
+        Command::Views(args) => views::run(args),
     }
 }

@@ -1,0 +1,37 @@
+//! The data flags shared by every command that reads images.
+
+use anyhow::Result;
+
+use crate::data::{self, Dataset, OpenOptions};
+
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct DataArgs {
+    /// Data source: folder:PATH, idx:DIR, npy:DIR, fashion-mnist, elpv, elpv-binary, digits.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Skip unreadable image files (reported with a count) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Test fraction for sources without an official split (stratified, fixed seed; default 0.25).
+    #[arg(long)]
+    pub test_fraction: Option<f64>,
+    /// Use a fixed random subset of this many training images.
+    #[arg(long)]
+    pub train_subset: Option<usize>,
+}
+
+impl DataArgs {
+    /// Opens `--data`, or `default_spec` when the flag is absent.
+    pub fn open(&self, default_spec: &str) -> Result<Dataset> {
+        let options = OpenOptions {
+            skip_bad: self.skip_bad,
+            test_fraction: self.test_fraction.unwrap_or(OpenOptions::default().test_fraction),
+            train_subset: self.train_subset,
+        };
+        let dataset = data::open(self.data.as_deref().unwrap_or(default_spec), &options)?;
+        if !dataset.skipped.is_empty() {
+            eprintln!("skipped {} unreadable file(s), e.g. {}", dataset.skipped.len(), dataset.skipped[0]);
+        }
+        Ok(dataset)
+    }
+}

@@ -1,0 +1,125 @@
+//! Worker threads turn samples into ready batches of views ahead of the trainer, through a bounded
+//! queue. Batch b of epoch e holds the same samples with the same views whatever the thread count,
+//! so a resumed or distributed run sees exactly what an uninterrupted one would.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{Result, ensure};
+use crossbeam_channel::{Receiver, bounded};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use tch::Tensor;
+
+use super::augment::{MultiCrop, view_rng};
+use super::{Image, Split};
+
+pub struct Batch {
+    pub epoch: u64,
+    pub step_in_epoch: usize,
+    /// `[V_g·N, C, S_g, S_g]`, view-major: view v of sample n is row v·N + n.
+    pub global: Tensor,
+    /// `[V_l·N, C, S_l, S_l]`, None without local views.
+    pub local: Option<Tensor>,
+    /// `[N]` class indices, when the split is labeled.
+    pub labels: Option<Tensor>,
+}
+
+/// The sample order of an epoch: a fixed-seed permutation.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(u64::MAX - epoch); // view generators use streams (epoch << 40) | index
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng);
+    order
+}
+
+/// Stacks per-sample views into one view-major tensor `[views·N, C, S, S]`.
+fn stack(per_sample: &[Vec<Vec<f32>>], views: std::ops::Range<usize>, channels: usize, size: usize) -> Tensor {
+    let n = per_sample.len();
+    let mut flat = Vec::with_capacity(views.len() * n * channels * size * size);
+    for v in views.clone() {
+        for sample in per_sample {
+            flat.extend_from_slice(&sample[v]);
+        }
+    }
+    Tensor::from_slice(&flat).view([(views.len() * n) as i64, channels as i64, size as i64, size as i64])
+}
+
+pub struct Loader {
+    receiver: Receiver<Batch>,
+    _producer: JoinHandle<()>,
+    pub batches_per_epoch: usize,
+}
+
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    /// Batches per epoch (at most images / batch_size; the rest of each epoch's order is unused).
+    pub batches_per_epoch: usize,
+    pub seed: u64,
+    /// Where to start: (epoch, batch within the epoch), for resuming.
+    pub start: (u64, usize),
+    /// Threads that decode and augment.
+    pub workers: usize,
+    /// Batches prepared ahead of the trainer.
+    pub prefetch: usize,
+}
+
+impl Loader {
+    /// Endless stream of batches (the last incomplete batch of each epoch is dropped).
+    pub fn new(split: Arc<Split>, crop: Arc<MultiCrop>, config: LoaderConfig) -> Result<Loader> {
+        let n = split.len();
+        ensure!(n >= config.batch_size, "the batch size {} exceeds the {n} training images", config.batch_size);
+        ensure!(config.batch_size >= 2, "the batch size must be at least 2 (SIGReg is a batch statistic)");
+        let batches_per_epoch = config.batches_per_epoch;
+        ensure!(
+            (1..=n / config.batch_size).contains(&batches_per_epoch),
+            "{batches_per_epoch} batches of {} do not fit in {n} images",
+            config.batch_size
+        );
+        let (sender, receiver) = bounded(config.prefetch.max(1));
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(config.workers.max(1)).build()?;
+        let channels = split.images[0].channels;
+        let producer = std::thread::spawn(move || {
+            let (mut epoch, mut step) = config.start;
+            loop {
+                let order = epoch_order(n, config.seed, epoch);
+                while step < batches_per_epoch {
+                    let indices = &order[step * config.batch_size..(step + 1) * config.batch_size];
+                    let per_sample: Vec<Vec<Vec<f32>>> = pool.install(|| {
+                        indices.par_iter().map(|&i| crop.make_views(&split.images[i], &mut view_rng(config.seed, epoch, i as u64))).collect()
+                    });
+                    let vg = crop.global_views;
+                    let batch = Batch {
+                        epoch,
+                        step_in_epoch: step,
+                        global: stack(&per_sample, 0..vg, channels, crop.global.size),
+                        local: (crop.local_views > 0).then(|| stack(&per_sample, vg..crop.views(), channels, crop.local.size)),
+                        labels: split.labels.as_ref().map(|l| Tensor::from_slice(&indices.iter().map(|&i| l[i]).collect::<Vec<i64>>())),
+                    };
+                    if sender.send(batch).is_err() {
+                        return; // the trainer is done
+                    }
+                    step += 1;
+                }
+                epoch += 1;
+                step = 0;
+            }
+        });
+        Ok(Loader { receiver, _producer: producer, batches_per_epoch })
+    }
+
+    /// The next batch (blocks while the workers are behind).
+    pub fn next(&self) -> Batch {
+        self.receiver.recv().expect("the loader thread stopped")
+    }
+}
+
+/// Evaluation views `[B, C, S, S]` of some images (central square, resized, normalised), in parallel.
+pub fn eval_batch(images: &[Image], crop: &MultiCrop) -> Tensor {
+    let views: Vec<Vec<f32>> = images.par_iter().map(|image| crop.eval_view(image)).collect();
+    let (c, s) = (images[0].channels as i64, crop.global.size as i64);
+    Tensor::from_slice(&views.concat()).view([images.len() as i64, c, s, s])
+}

@@ -1,0 +1,306 @@
+//! The pretraining configuration: one struct, three layers. A preset gives every field, a TOML
+//! file (`--config`) overrides any subset of them with the same keys, and flags override both.
+//! The effective config is saved in the run directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::data_args::DataArgs;
+use crate::data::Dataset;
+use crate::data::augment::MultiCrop;
+use crate::models::Arch;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Data source (see `--data`); the data flags --skip-bad, --test-fraction and --train-subset are
+    /// options of opening it, not of the run.
+    pub data: String,
+    /// Backbone architecture name.
+    pub arch: String,
+    /// Projector widths: Linear-BN-ReLU for all but the last, which is a plain Linear.
+    pub projector: Vec<i64>,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (the schedule still spans `epochs`).
+    pub max_steps: Option<u64>,
+    /// Images per optimizer step (before gradient accumulation: per micro-batch).
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (effective batch = batch_size × grad_accum).
+    pub grad_accum: usize,
+    /// Peak learning rate (AdamW), reached after the warm-up; cosine decay to lr × final_lr_ratio.
+    pub lr: f64,
+    pub final_lr_ratio: f64,
+    pub warmup_epochs: f64,
+    pub weight_decay: f64,
+    /// λ: loss = (1 − λ)·invariance + λ·SIGReg.
+    pub lambda: f64,
+    /// SIGReg: random directions per step, Epps–Pulley integration bound and knots.
+    pub slices: i64,
+    pub t_max: f64,
+    pub knots: usize,
+    pub drop_path: f64,
+    /// Augmentation: "lejepa" (global 0.3–1 + local 0.05–0.3 crops) or "minimal" (MINIMAL.md, same-size views).
+    pub augment: String,
+    pub global_views: usize,
+    pub local_views: usize,
+    /// View sizes in pixels; default: the image size (at most 224) and 3/7 of it.
+    pub global_size: Option<usize>,
+    pub local_size: Option<usize>,
+    pub seed: u64,
+    /// cpu, cuda or cuda:N.
+    pub device: String,
+    /// f32 or bf16 (autocast).
+    pub precision: String,
+    /// libtorch intra-op threads (default: all cores).
+    pub threads: Option<usize>,
+    /// Data-loading threads.
+    pub workers: usize,
+    /// Online linear probe on detached features (when the data has labels).
+    pub online_probe: bool,
+    pub probe_lr: f64,
+    pub probe_weight_decay: f64,
+    /// Evaluate the online probe on at most this many test images each epoch.
+    pub eval_images: Option<usize>,
+    /// Write a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: u64,
+    /// Parent folder of run directories.
+    pub out: PathBuf,
+}
+
+pub const PRESETS: &[&str] = &["cpu-small", "minimal", "paper"];
+
+impl Config {
+    pub fn preset(name: &str) -> Result<Config> {
+        let cpu_small = Config {
+            data: "fashion-mnist".into(),
+            arch: "vit-tiny-patch4-depth6".into(),
+            projector: vec![512, 512, 64],
+            epochs: 1,
+            max_steps: None,
+            batch_size: 128,
+            grad_accum: 1,
+            lr: 2e-3,
+            final_lr_ratio: 1e-3,
+            warmup_epochs: 0.1,
+            weight_decay: 5e-2,
+            lambda: 0.05,
+            slices: 256,
+            t_max: 3.0,
+            knots: 17,
+            drop_path: 0.0,
+            augment: "lejepa".into(),
+            global_views: 2,
+            local_views: 4,
+            global_size: None,
+            local_size: None,
+            seed: 0,
+            device: "cpu".into(),
+            precision: "f32".into(),
+            threads: None,
+            workers: 2,
+            online_probe: true,
+            probe_lr: 1e-3,
+            probe_weight_decay: 1e-7,
+            eval_images: Some(2000),
+            checkpoint_every: 200,
+            out: "runs".into(),
+        };
+        Ok(match name {
+            "cpu-small" => cpu_small,
+            // MINIMAL.md's recommended run: 4 same-size views, λ 0.02, projector to 16, lr 2e-3, bs 256.
+            "minimal" => Config {
+                arch: "vit-small-patch8".into(),
+                projector: vec![2048, 2048, 16],
+                epochs: 800,
+                batch_size: 256,
+                lr: 2e-3,
+                warmup_epochs: 1.0,
+                lambda: 0.02,
+                drop_path: 0.1,
+                augment: "minimal".into(),
+                global_views: 4,
+                local_views: 0,
+                eval_images: None,
+                ..cpu_small
+            },
+            // Paper §6.1: 2 global + 6 local views, λ 0.05, AdamW lr 5e-4, wd 5e-2, projector 2048-2048-64.
+            "paper" => Config {
+                arch: "vit-small-patch16".into(),
+                projector: vec![2048, 2048, 64],
+                epochs: 100,
+                batch_size: 256,
+                lr: 5e-4,
+                warmup_epochs: 10.0,
+                lambda: 0.05,
+                slices: 1024,
+                drop_path: 0.1,
+                global_views: 2,
+                local_views: 6,
+                eval_images: None,
+                ..cpu_small
+            },
+            other => bail!("unknown preset '{other}'; known presets: {}", PRESETS.join(", ")),
+        })
+    }
+
+    /// A preset with a TOML file's keys laid over it (any subset of the fields).
+    pub fn from_preset_and_file(preset: &str, file: Option<&Path>) -> Result<Config> {
+        let config = Config::preset(preset)?;
+        let Some(file) = file else { return Ok(config) };
+        let text = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read config", file.display()))?;
+        let overrides: toml::Table = text.parse().with_context(|| format!("{}: not valid TOML", file.display()))?;
+        let mut merged = toml::Table::try_from(&config)?;
+        for (key, value) in overrides {
+            merged.insert(key, value);
+        }
+        merged.try_into().with_context(|| format!("{}: invalid config", file.display()))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        Arch::from_name(&self.arch)?;
+        ensure!(self.batch_size >= 2, "batch_size must be at least 2, got {}", self.batch_size);
+        ensure!(self.grad_accum >= 1, "grad_accum must be at least 1");
+        ensure!(self.epochs >= 1, "epochs must be at least 1");
+        ensure!(self.lr > 0.0, "lr must be positive");
+        ensure!((0.0..=1.0).contains(&self.lambda), "lambda must lie in [0, 1], got {}", self.lambda);
+        ensure!(self.global_views >= 1, "global_views must be at least 1");
+        ensure!(self.slices >= 1, "slices must be at least 1");
+        ensure!((0.0..1.0).contains(&self.drop_path), "drop_path must lie in [0, 1)");
+        ensure!(["f32", "bf16"].contains(&self.precision.as_str()), "precision must be f32 or bf16, got '{}'", self.precision);
+        ensure!(["lejepa", "minimal"].contains(&self.augment.as_str()), "augment must be lejepa or minimal, got '{}'", self.augment);
+        ensure!(!self.projector.is_empty(), "projector needs at least one layer");
+        Ok(())
+    }
+
+    /// The multi-crop recipe for this dataset (views sized for its images and the ViT patch).
+    pub fn multicrop(&self, dataset: &Dataset) -> Result<MultiCrop> {
+        let multiple_of = match Arch::from_name(&self.arch)? {
+            Arch::Vit { patch, .. } => patch as usize,
+            Arch::Resnet { .. } => 1,
+        };
+        let first = &dataset.train.images[0];
+        let image_size = first.width.min(first.height);
+        let mut crop = match self.augment.as_str() {
+            "minimal" => MultiCrop::minimal(image_size, multiple_of, self.global_views),
+            _ => MultiCrop::lejepa(image_size, multiple_of, self.global_views, self.local_views),
+        };
+        if let Some(size) = self.global_size {
+            crop.global.size = size;
+            crop.global.blur_kernel = (size / 10) | 1;
+        }
+        if let Some(size) = self.local_size {
+            crop.local.size = size;
+            crop.local.blur_kernel = (size / 10) | 1;
+        }
+        for (kind, size) in [("global", crop.global.size), ("local", crop.local.size)] {
+            ensure!(size % multiple_of == 0, "{kind} view size {size} is not a multiple of the patch size {multiple_of} of {}", self.arch);
+        }
+        (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, dataset.channels);
+        Ok(crop)
+    }
+}
+
+/// Flags for every field; each one, when given, overrides the preset and the file.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ConfigArgs {
+    /// Preset to start from: cpu-small (default; minutes on 2 cores), minimal (MINIMAL.md), paper (§6.1).
+    #[arg(long, default_value = "cpu-small")]
+    pub preset: String,
+    /// TOML file with any subset of the config keys (see README), laid over the preset.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Projector widths, comma-separated (e.g. 2048,2048,64).
+    #[arg(long, value_delimiter = ',')]
+    pub projector: Option<Vec<i64>>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub final_lr_ratio: Option<f64>,
+    #[arg(long)]
+    pub warmup_epochs: Option<f64>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// λ, the trade-off between invariance and SIGReg.
+    #[arg(long)]
+    pub lambda: Option<f64>,
+    #[arg(long)]
+    pub slices: Option<i64>,
+    #[arg(long)]
+    pub t_max: Option<f64>,
+    #[arg(long)]
+    pub knots: Option<usize>,
+    #[arg(long)]
+    pub drop_path: Option<f64>,
+    #[arg(long)]
+    pub augment: Option<String>,
+    #[arg(long)]
+    pub global_views: Option<usize>,
+    #[arg(long)]
+    pub local_views: Option<usize>,
+    #[arg(long)]
+    pub global_size: Option<usize>,
+    #[arg(long)]
+    pub local_size: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// f32 or bf16.
+    #[arg(long)]
+    pub precision: Option<String>,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Turn the online linear probe off.
+    #[arg(long)]
+    pub no_online_probe: bool,
+    #[arg(long)]
+    pub eval_images: Option<usize>,
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+}
+
+impl ConfigArgs {
+    /// Preset, then file, then flags.
+    pub fn resolve(&self) -> Result<Config> {
+        self.resolve_over(Config::from_preset_and_file(&self.preset, self.config.as_deref())?)
+    }
+
+    /// The given flags laid over `c` (a resumed run's saved config, or preset + file).
+    pub fn resolve_over(&self, mut c: Config) -> Result<Config> {
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone(); } )* };
+        }
+        set!(arch, projector, epochs, batch_size, grad_accum, lr, final_lr_ratio, warmup_epochs, weight_decay,
+             lambda, slices, t_max, knots, drop_path, augment, global_views, local_views, seed, device, precision,
+             workers, checkpoint_every);
+        macro_rules! set_option {
+            ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field.clone(); } )* };
+        }
+        set_option!(max_steps, global_size, local_size, threads, eval_images);
+        if let Some(spec) = &self.data.data {
+            c.data = spec.clone();
+        }
+        if self.no_online_probe {
+            c.online_probe = false;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}

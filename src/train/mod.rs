@@ -1,0 +1,416 @@
+//! `lejepa pretrain`: the training loop. Read it top to bottom: set up the run directory, data,
+//! model, objective and optimizer; then for each step take a batch of views, compute z, the loss,
+//! step AdamW; log, checkpoint, evaluate the online probe once per epoch.
+
+pub mod config;
+pub mod optim;
+pub mod plots;
+pub mod schedule;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::data::Dataset;
+use crate::data::loader::{Loader, LoaderConfig, eval_batch};
+use crate::models::{Arch, Encoder};
+use crate::objective::LeJepaObjective;
+use crate::sigreg::{NormalityTest, Reduction, SigReg};
+use config::Config;
+use optim::AdamW;
+
+/// Set by Ctrl-C: the loop saves a checkpoint and stops after the current step.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+pub fn parse_device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+            Some(i) => Device::Cuda(i),
+            None => bail!("unknown device '{other}'; use cpu, cuda or cuda:N"),
+        },
+    })
+}
+
+/// LayerNorm + Linear on detached backbone features (MINIMAL.md's online probe).
+pub struct LinearProbe {
+    norm: nn::LayerNorm,
+    linear: nn::Linear,
+}
+
+impl LinearProbe {
+    pub fn new(path: &nn::Path, in_dim: i64, classes: i64) -> LinearProbe {
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        let uniform = nn::Init::Uniform { lo: -bound, up: bound };
+        LinearProbe {
+            norm: nn::layer_norm(path / "norm", vec![in_dim], Default::default()),
+            linear: nn::linear(path / "linear", in_dim, classes, nn::LinearConfig { ws_init: uniform, bs_init: Some(uniform), bias: true }),
+        }
+    }
+
+    pub fn forward(&self, features: &Tensor) -> Tensor {
+        features.apply(&self.norm).apply(&self.linear)
+    }
+}
+
+/// What a run reports at the end (and prints as the last line of stdout with `--json`).
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub run_dir: PathBuf,
+    pub steps: u64,
+    pub first_loss: Option<f64>,
+    pub final_loss: Option<f64>,
+    pub final_invariance: Option<f64>,
+    pub final_sigreg: Option<f64>,
+    pub lambda: f64,
+    pub probe_accuracy: Option<f64>,
+    pub checkpoint: PathBuf,
+    pub interrupted: bool,
+    pub wall_seconds: f64,
+    /// Fraction of step time spent waiting for the data loader.
+    pub data_wait_fraction: f64,
+}
+
+#[derive(Serialize)]
+struct StepRecord {
+    step: u64,
+    epoch: u64,
+    loss: f64,
+    invariance: f64,
+    sigreg: f64,
+    lr: f64,
+    images_per_second: f64,
+    data_wait_seconds: f64,
+    step_seconds: f64,
+}
+
+/// Everything that changes during training, in the shape a checkpoint stores it.
+struct State {
+    encoder: Encoder,
+    optimizer: AdamW,
+    probe: Option<(nn::VarStore, LinearProbe, AdamW)>,
+}
+
+fn trainable(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+impl State {
+    fn tensors(&self, step: u64) -> Vec<(String, Tensor)> {
+        let mut all: Vec<(String, Tensor)> = self.encoder.vs.variables().into_iter().collect();
+        all.extend(self.optimizer.state("adamw"));
+        if let Some((vs, _, opt)) = &self.probe {
+            all.extend(vs.variables().into_iter().map(|(n, t)| (format!("probe.{n}"), t)));
+            all.extend(opt.state("probe_adamw"));
+        }
+        all.push(("step".into(), Tensor::from(step as i64)));
+        all.into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous())).collect()
+    }
+
+    /// Checkpoint = one safetensors file (weights, optimizer moments, probe, step), plus the
+    /// backbone alone under timm's names; each written to a temporary file and renamed.
+    fn save(&self, dir: &Path, step: u64) -> Result<PathBuf> {
+        let path = dir.join("checkpoint.safetensors");
+        let tmp = dir.join("checkpoint.safetensors.tmp");
+        Tensor::write_safetensors(&self.tensors(step), &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
+        self.encoder.save_backbone(&dir.join("backbone.safetensors"))?;
+        Ok(path)
+    }
+
+    /// Restores everything from a checkpoint; returns the step to continue from.
+    fn load(&mut self, path: &Path) -> Result<u64> {
+        let shown = path.display();
+        let tensors: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
+            .map_err(|e| anyhow::anyhow!("{shown}: not a readable checkpoint ({e})"))?
+            .into_iter()
+            .collect();
+        let get = |name: &str| -> Result<Tensor> {
+            tensors.get(name).map(|t| t.shallow_clone()).with_context(|| format!("{shown}: no tensor '{name}' (a checkpoint of another config?)"))
+        };
+        let copy_into = |vs: &nn::VarStore, prefix: &str| -> Result<()> {
+            tch::no_grad(|| {
+                for (name, var) in vs.variables() {
+                    let value = get(&format!("{prefix}{name}"))?;
+                    ensure!(value.size() == var.size(), "{shown}: '{name}' has shape {:?}, the model {:?}", value.size(), var.size());
+                    var.shallow_clone().copy_(&value);
+                }
+                Ok(())
+            })
+        };
+        copy_into(&self.encoder.vs, "")?;
+        self.optimizer.load_state("adamw", &get)?;
+        if let Some((vs, _, opt)) = &mut self.probe {
+            copy_into(vs, "probe.")?;
+            opt.load_state("probe_adamw", &get)?;
+        }
+        Ok(get("step")?.int64_value(&[]) as u64)
+    }
+}
+
+/// A fresh numbered run directory `out/NNN-<arch>`.
+fn new_run_dir(out: &Path, arch: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for n in 1.. {
+        let dir = out.join(format!("{n:03}-{arch}"));
+        if std::fs::create_dir(&dir).is_ok() {
+            return Ok(dir);
+        }
+        ensure!(n < 100_000, "{}: cannot create a run directory", out.display());
+    }
+    unreachable!()
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Accuracy of the online probe on (up to `limit`) test images, backbone in eval mode.
+fn probe_accuracy(encoder: &Encoder, probe: &LinearProbe, dataset: &Dataset, crop: &crate::data::augment::MultiCrop, limit: Option<usize>, device: Device) -> Option<f64> {
+    let labels = dataset.test.labels.as_ref()?;
+    let n = limit.unwrap_or(usize::MAX).min(dataset.test.len());
+    if n == 0 {
+        return None;
+    }
+    let mut correct = 0i64;
+    tch::no_grad(|| {
+        for start in (0..n).step_by(256) {
+            let end = (start + 256).min(n);
+            let images = eval_batch(&dataset.test.images[start..end], crop).to_device(device);
+            let features = encoder.backbone.forward(&images, false).probe;
+            let predicted = probe.forward(&features).argmax(-1, false).to_device(Device::Cpu);
+            let truth = Tensor::from_slice(&labels[start..end]);
+            correct += predicted.eq_tensor(&truth).sum(Kind::Int64).int64_value(&[]);
+        }
+    });
+    Some(correct as f64 / n as f64)
+}
+
+/// Runs (or resumes) a pretraining run and returns its summary.
+pub fn pretrain(config: &Config, resume: Option<&Path>, dataset: &Dataset) -> Result<Summary> {
+    let started = Instant::now();
+    if let Some(threads) = config.threads {
+        tch::set_num_threads(threads as i32);
+    }
+    let device = parse_device(&config.device)?;
+    ensure!(device == Device::Cpu || tch::Cuda::is_available(), "--device {}: CUDA is not available on this machine", config.device);
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130); // a second Ctrl-C: stop now
+        }
+        eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)");
+    });
+    STOP.store(false, Ordering::SeqCst);
+
+    // Run directory: a new one, or the one being resumed.
+    let run_dir = match resume {
+        Some(dir) => dir.to_path_buf(),
+        None => new_run_dir(&config.out, &config.arch)?,
+    };
+    std::fs::write(run_dir.join("config.toml"), toml::to_string(config)?)?;
+    let meta = serde_json::json!({
+        "lejepa_version": env!("CARGO_PKG_VERSION"), "git_commit": git_commit(),
+        "libtorch_version": env!("LIBTORCH_VERSION"), "device": config.device,
+    });
+    std::fs::write(run_dir.join("meta.json"), serde_json::to_string_pretty(&meta)?)?;
+
+    // Data, model, objective, optimizers.
+    let crop = Arc::new(config.multicrop(dataset)?);
+    let arch = Arch::from_name(&config.arch)?;
+    tch::manual_seed(config.seed as i64);
+    let encoder = Encoder::new(device, arch, dataset.channels as i64, crop.global.size as i64, config.drop_path, &config.projector)?;
+    let optimizer = AdamW::new(trainable(&encoder.vs), config.weight_decay);
+    let labeled = dataset.train.labels.is_some() && !dataset.classes.is_empty();
+    let probe = (config.online_probe && labeled).then(|| {
+        let vs = nn::VarStore::new(device);
+        let probe = LinearProbe::new(&vs.root(), encoder.backbone.probe_dim(), dataset.classes.len() as i64);
+        let optimizer = AdamW::new(trainable(&vs), config.probe_weight_decay);
+        (vs, probe, optimizer)
+    });
+    let mut state = State { encoder, optimizer, probe };
+    let sigreg = SigReg {
+        test: NormalityTest::from_name("epps-pulley", config.t_max, config.knots)?,
+        slices: config.slices,
+        seed: config.seed,
+        reduction: Reduction::Mean,
+    };
+    let objective = LeJepaObjective::new(config.lambda, sigreg)?;
+
+    // Steps: the schedule spans all epochs; max_steps may stop earlier.
+    let micro_batches_per_epoch = dataset.train.len() / config.batch_size;
+    let steps_per_epoch = (micro_batches_per_epoch / config.grad_accum) as u64;
+    ensure!(steps_per_epoch >= 1, "{} training images are too few for batch_size {} × grad_accum {}", dataset.train.len(), config.batch_size, config.grad_accum);
+    let total_steps = steps_per_epoch * config.epochs as u64;
+    let last_step = config.max_steps.map_or(total_steps, |m| m.min(total_steps));
+    let warmup_steps = (config.warmup_epochs * steps_per_epoch as f64).round() as u64;
+
+    let checkpoint_path = run_dir.join("checkpoint.safetensors");
+    let mut step = 0;
+    if resume.is_some() {
+        step = state.load(&checkpoint_path)?;
+        eprintln!("resuming {} at step {step} of {last_step}", run_dir.display());
+    }
+    let metrics_path = run_dir.join("metrics.jsonl");
+    // Keep the records up to the checkpoint: steps logged after it (a killed run) are redone.
+    let kept: String = std::fs::read_to_string(&metrics_path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| serde_json::from_str::<serde_json::Value>(line).ok().and_then(|r| r["step"].as_u64()).is_some_and(|s| s <= step))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&metrics_path, kept)?;
+    let mut metrics = std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path)?;
+
+    let epoch_of = |s: u64| s / steps_per_epoch;
+    let loader = Loader::new(
+        Arc::new(dataset.train.clone()),
+        crop.clone(),
+        LoaderConfig {
+            batch_size: config.batch_size,
+            batches_per_epoch: steps_per_epoch as usize * config.grad_accum,
+            seed: config.seed,
+            start: (epoch_of(step), (step % steps_per_epoch) as usize * config.grad_accum),
+            workers: config.workers,
+            prefetch: 2,
+        },
+    )?;
+
+    let progress = indicatif::ProgressBar::new(last_step).with_position(step);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .unwrap(),
+    );
+    let (vg, views) = (crop.global_views as i64, crop.views() as i64);
+    let n = config.batch_size as i64;
+    let (mut first_loss, mut last_terms) = (None, None);
+    let (mut total_wait, mut total_step_time) = (0.0, 0.0);
+    let mut probe_acc = None;
+    let mut interrupted = false;
+    // Fault injection for the test suite: a NaN invariance at this step.
+    let nan_at_step: Option<u64> = std::env::var("LEJEPA_FAULT_NAN_STEP").ok().and_then(|s| s.parse().ok());
+
+    while step < last_step {
+        let step_started = Instant::now();
+        // Drop-path masks are drawn from libtorch's generator: seed it per step so a resumed run
+        // draws what an uninterrupted one would.
+        tch::manual_seed((config.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
+        let lr = schedule::learning_rate(step, total_steps, warmup_steps, config.lr, config.final_lr_ratio);
+        state.optimizer.zero_grad();
+        if let Some((_, _, opt)) = &mut state.probe {
+            opt.zero_grad();
+        }
+        let mut wait = 0.0;
+        let (mut loss_sum, mut inv_sum, mut sig_sum) = (0.0, 0.0, 0.0);
+        for _ in 0..config.grad_accum {
+            let waited = Instant::now();
+            let batch = loader.next();
+            wait += waited.elapsed().as_secs_f64();
+            let global = state.encoder.backbone.forward(&batch.global.to_device(device), true);
+            let mut embeddings = vec![global.embedding];
+            if let Some(local) = &batch.local {
+                embeddings.push(state.encoder.backbone.forward(&local.to_device(device), true).embedding);
+            }
+            let embeddings = Tensor::cat(&embeddings, 0); // [V·N, D], view-major
+            let z = state.encoder.projector.forward(&embeddings, true).view([views, n, -1]); // [V, N, K]
+            let terms = objective.forward(&z, vg as usize, step)?;
+            let mut values = [terms.loss.double_value(&[]), terms.invariance.double_value(&[]), terms.sigreg.double_value(&[])];
+            if nan_at_step == Some(step) {
+                values[1] = f64::NAN;
+            }
+            if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
+                let term = ["loss", "invariance", "SIGReg"][bad];
+                bail!(
+                    "step {step}: the {term} is not finite (loss {}, invariance {}, SIGReg {}); stopped without saving. \
+                     The last good checkpoint ({}) is intact; try a lower --lr",
+                    values[0], values[1], values[2], checkpoint_path.display()
+                );
+            }
+            (terms.loss / config.grad_accum as f64).backward();
+            loss_sum += values[0];
+            inv_sum += values[1];
+            sig_sum += values[2];
+            // Online probe on detached global-view features.
+            if let (Some((_, probe, _)), Some(labels)) = (&state.probe, &batch.labels) {
+                let targets = labels.to_device(device).repeat([vg]);
+                let logits = probe.forward(&global.probe.detach());
+                (logits.cross_entropy_for_logits(&targets) / config.grad_accum as f64).backward();
+            }
+        }
+        state.optimizer.step(lr);
+        if let Some((_, _, opt)) = &mut state.probe {
+            opt.step(config.probe_lr);
+        }
+        let accum = config.grad_accum as f64;
+        let (loss, invariance, sigreg) = (loss_sum / accum, inv_sum / accum, sig_sum / accum);
+        first_loss.get_or_insert(loss);
+        last_terms = Some((loss, invariance, sigreg));
+        step += 1;
+
+        let step_seconds = step_started.elapsed().as_secs_f64();
+        total_wait += wait;
+        total_step_time += step_seconds;
+        let images_per_second = (config.batch_size * config.grad_accum) as f64 / step_seconds;
+        let record = StepRecord { step, epoch: epoch_of(step - 1), loss, invariance, sigreg, lr, images_per_second, data_wait_seconds: wait, step_seconds };
+        writeln!(metrics, "{}", serde_json::to_string(&record)?)?;
+        progress.set_message(format!("loss {loss:.4} inv {invariance:.4} sigreg {sigreg:.3} lr {lr:.2e} {images_per_second:.0} img/s"));
+        progress.set_position(step);
+
+        let end_of_epoch = step % steps_per_epoch == 0 || step == last_step;
+        if end_of_epoch {
+            if let Some((_, probe, _)) = &state.probe {
+                probe_acc = probe_accuracy(&state.encoder, probe, dataset, &crop, config.eval_images, device);
+                if let Some(acc) = probe_acc {
+                    writeln!(metrics, "{}", serde_json::json!({"step": step, "epoch": epoch_of(step - 1), "probe_accuracy": acc}))?;
+                    progress.println(format!("epoch {} step {step}: loss {loss:.4}, online probe accuracy {:.2}%", epoch_of(step - 1), 100.0 * acc));
+                }
+            }
+        }
+        interrupted = STOP.load(Ordering::SeqCst);
+        if step % config.checkpoint_every == 0 || step == last_step || interrupted {
+            state.save(&run_dir, step)?;
+        }
+        if interrupted {
+            break;
+        }
+    }
+    progress.finish_and_clear();
+    if !checkpoint_path.exists() {
+        state.save(&run_dir, step)?;
+    }
+
+    let summary = Summary {
+        run_dir: run_dir.clone(),
+        steps: step,
+        first_loss,
+        final_loss: last_terms.map(|t| t.0),
+        final_invariance: last_terms.map(|t| t.1),
+        final_sigreg: last_terms.map(|t| t.2),
+        lambda: config.lambda,
+        probe_accuracy: probe_acc,
+        checkpoint: checkpoint_path,
+        interrupted,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        data_wait_fraction: if total_step_time > 0.0 { total_wait / total_step_time } else { 0.0 },
+    };
+    std::fs::write(run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    if let Err(e) = plots::draw(&metrics_path, &run_dir) {
+        eprintln!("warning: no plots drawn: {e:#}");
+    }
+    Ok(summary)
+}
