@@ -11,6 +11,7 @@ mod views;
 
 #[derive(Parser)]
 #[command(name = "lejepa", version, about = "LeJEPA self-supervised image pretraining on libtorch")]
+#[command(args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

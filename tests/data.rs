@@ -1,0 +1,178 @@
+//! Data sources and the loader: real files (Fashion-MNIST, digits), generated folders, .npy and
+//! IDX files, corrupt inputs, and determinism of the views.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lejepa::data::augment::MultiCrop;
+use lejepa::data::loader::{Loader, LoaderConfig};
+use lejepa::data::{OpenOptions, open};
+use tch::{Kind, Tensor};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lejepa-data-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn counts(labels: &[i64], classes: usize) -> Vec<usize> {
+    let mut c = vec![0; classes];
+    labels.iter().for_each(|&l| c[l as usize] += 1);
+    c
+}
+
+#[test]
+fn fashion_mnist_is_the_official_split() {
+    let ds = open("fashion-mnist", &OpenOptions::default()).expect("run scripts/setup first");
+    assert_eq!((ds.train.len(), ds.test.len()), (60_000, 10_000));
+    assert_eq!(counts(ds.train.labels.as_ref().unwrap(), 10), vec![6000; 10]);
+    assert_eq!(counts(ds.test.labels.as_ref().unwrap(), 10), vec![1000; 10]);
+    assert_eq!(ds.classes[9], "Ankle boot");
+    assert_eq!((ds.train.images[0].width, ds.train.images[0].height, ds.channels), (28, 28, 1));
+}
+
+#[test]
+fn digits_split_is_stratified_and_fixed() {
+    let ds = open("digits", &OpenOptions::default()).unwrap();
+    assert_eq!(ds.train.len() + ds.test.len(), 1797);
+    let test = counts(ds.test.labels.as_ref().unwrap(), 10);
+    let all: Vec<usize> = counts(ds.train.labels.as_ref().unwrap(), 10).iter().zip(&test).map(|(a, b)| a + b).collect();
+    for (t, a) in test.iter().zip(&all) {
+        assert_eq!(*t, (*a as f64 * 0.25).round() as usize, "each class splits 75/25");
+    }
+    let again = open("digits", &OpenOptions::default()).unwrap();
+    assert_eq!(ds.test.labels, again.test.labels);
+    assert_eq!(ds.test.images[5].pixels, again.test.images[5].pixels);
+    // The file's first digit is a 0 whose top row reads 0 0 5 13 9 1 0 0 (0–16 scaled to 0–255).
+    let top_row = [0u8, 0, 80, 207, 143, 16, 0, 0];
+    let first = ds.train.images.iter().chain(&ds.test.images).position(|i| i.pixels[..8] == top_row);
+    assert!(first.is_some(), "the first digit of the CSV is in the dataset");
+    let subset = open("digits", &OpenOptions { train_subset: Some(100), ..Default::default() }).unwrap();
+    assert_eq!(subset.train.len(), 100);
+}
+
+fn write_png(path: &Path, width: u32, height: u32, color: bool, sixteen_bit: bool) {
+    if sixteen_bit {
+        let img = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(width, height, |x, _| image::Luma([(x * 4000) as u16]));
+        img.save(path).unwrap();
+    } else if color {
+        image::RgbaImage::from_fn(width, height, |x, y| image::Rgba([x as u8 * 10, y as u8 * 10, 128, 255])).save(path).unwrap();
+    } else {
+        image::GrayImage::from_fn(width, height, |x, y| image::Luma([(x + y) as u8 * 5])).save(path).unwrap();
+    }
+}
+
+#[test]
+fn image_folders_with_classes_flat_or_explicit_splits() {
+    let dir = scratch("folder");
+    for (class, n) in [("cat", 8), ("dog", 4)] {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for i in 0..n {
+            write_png(&dir.join(class).join(format!("{i}.png")), 20 + i, 16, i == 1, i == 2);
+        }
+    }
+    image::RgbImage::from_pixel(12, 12, image::Rgb([1, 2, 3])).save(dir.join("dog/photo.jpg")).unwrap();
+    let ds = open(&format!("folder:{}", dir.display()), &OpenOptions::default()).unwrap();
+    assert_eq!(ds.classes, vec!["cat", "dog"]);
+    assert_eq!(ds.train.len() + ds.test.len(), 13);
+    assert_eq!(ds.channels, 3, "one RGBA image makes the dataset RGB");
+    assert!(ds.train.images.iter().all(|i| i.channels == 3));
+    assert_eq!(ds.test.len(), 2 + 1, "25% of each class: round(2) + round(1.25)");
+
+    // A corrupt file: one error naming it, or skipped and counted with --skip-bad.
+    std::fs::write(dir.join("cat/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let err = format!("{:#}", open(&format!("folder:{}", dir.display()), &OpenOptions::default()).unwrap_err());
+    assert!(err.contains("broken.png") && err.contains("--skip-bad"), "{err}");
+    let ds = open(&format!("folder:{}", dir.display()), &OpenOptions { skip_bad: true, ..Default::default() }).unwrap();
+    assert_eq!(ds.skipped.len(), 1);
+    assert_eq!(ds.train.len() + ds.test.len(), 13);
+
+    // Flat folder: unlabeled, everything for training.
+    let flat = scratch("flat");
+    for i in 0..5 {
+        write_png(&flat.join(format!("{i}.png")), 10, 10, false, false);
+    }
+    let ds = open(&format!("folder:{}", flat.display()), &OpenOptions::default()).unwrap();
+    assert_eq!((ds.train.len(), ds.test.len(), ds.train.labels.is_none(), ds.channels), (5, 0, true, 1));
+
+    // train/ and test/ subfolders: an explicit split.
+    let explicit = scratch("explicit");
+    for split in ["train", "test"] {
+        for class in ["a", "b"] {
+            std::fs::create_dir_all(explicit.join(split).join(class)).unwrap();
+            write_png(&explicit.join(split).join(class).join("x.png"), 9, 9, false, false);
+        }
+    }
+    let ds = open(&format!("folder:{}", explicit.display()), &OpenOptions::default()).unwrap();
+    assert_eq!((ds.train.len(), ds.test.len()), (2, 2));
+    assert_eq!(ds.test.labels, Some(vec![0, 1]));
+}
+
+#[test]
+fn npy_and_idx_folders() {
+    let dir = scratch("npy");
+    Tensor::arange(2 * 5 * 6 * 3, (Kind::Uint8, tch::Device::Cpu)).view([2, 5, 6, 3]).write_npy(dir.join("train_images.npy")).unwrap();
+    Tensor::from_slice(&[0i64, 1]).write_npy(dir.join("train_labels.npy")).unwrap();
+    Tensor::zeros([1, 5, 6, 3], (Kind::Uint8, tch::Device::Cpu)).write_npy(dir.join("test_images.npy")).unwrap();
+    Tensor::from_slice(&[1i64]).write_npy(dir.join("test_labels.npy")).unwrap();
+    let ds = open(&format!("npy:{}", dir.display()), &OpenOptions::default()).unwrap();
+    assert_eq!((ds.train.len(), ds.test.len(), ds.channels, ds.classes.len()), (2, 1, 3, 2));
+    assert_eq!(&ds.train.images[0].pixels[..4], &[0, 1, 2, 3], "HWC order kept");
+
+    let bad = scratch("npy-bad");
+    Tensor::zeros([2, 5, 6], (Kind::Float, tch::Device::Cpu)).write_npy(bad.join("images.npy")).unwrap();
+    let err = format!("{:#}", open(&format!("npy:{}", bad.display()), &OpenOptions::default()).unwrap_err());
+    assert!(err.contains("images.npy") && err.contains("uint8"), "{err}");
+
+    // IDX files, uncompressed; a truncated one is named in the error.
+    let idx = scratch("idx");
+    let header = |magic: u32, dims: &[u32]| -> Vec<u8> { std::iter::once(magic).chain(dims.iter().copied()).flat_map(|v| v.to_be_bytes()).collect() };
+    for prefix in ["train", "t10k"] {
+        let mut images = header(0x803, &[3, 4, 4]);
+        images.extend(vec![7u8; 48]);
+        std::fs::write(idx.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        let mut labels = header(0x801, &[3]);
+        labels.extend([0u8, 1, 2]);
+        std::fs::write(idx.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+    }
+    let ds = open(&format!("idx:{}", idx.display()), &OpenOptions::default()).unwrap();
+    assert_eq!((ds.train.len(), ds.classes.len()), (3, 3));
+    std::fs::write(idx.join("t10k-images-idx3-ubyte"), &header(0x803, &[3, 4, 4])[..]).unwrap();
+    let err = format!("{:#}", open(&format!("idx:{}", idx.display()), &OpenOptions::default()).unwrap_err());
+    assert!(err.contains("t10k-images-idx3-ubyte") && err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn unknown_sources_and_missing_builtins_say_what_to_do() {
+    let err = open("cifar10", &OpenOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("cifar10") && err.contains("folder:PATH"), "{err}");
+    let err = open("folder:/no/such/folder", &OpenOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("/no/such/folder"), "{err}");
+}
+
+fn loader_batches(workers: usize, start: (u64, usize)) -> Vec<Tensor> {
+    let ds = open("digits", &OpenOptions::default()).unwrap();
+    let crop = Arc::new(MultiCrop::lejepa(8, 1, 2, 3));
+    let config = LoaderConfig { batch_size: 16, batches_per_epoch: 84, seed: 9, start, workers, prefetch: 2 };
+    let loader = Loader::new(Arc::new(ds.train), crop, config).unwrap();
+    (0..3)
+        .map(|_| {
+            let b = loader.next();
+            assert_eq!(b.global.size(), [2 * 16, 1, 8, 8]);
+            assert_eq!(b.local.as_ref().unwrap().size(), [3 * 16, 1, 3, 3]);
+            Tensor::cat(&[b.global.flatten(0, -1), b.local.unwrap().flatten(0, -1), b.labels.unwrap().to_kind(Kind::Float)], 0)
+        })
+        .collect()
+}
+
+#[test]
+fn loader_batches_do_not_depend_on_threads_and_resume_exactly() {
+    let one = loader_batches(1, (0, 0));
+    let two = loader_batches(2, (0, 0));
+    for (a, b) in one.iter().zip(&two) {
+        assert!(a.equal(b), "views must not depend on the worker count");
+    }
+    let resumed = loader_batches(2, (0, 1));
+    assert!(resumed[0].equal(&one[1]) && resumed[1].equal(&one[2]), "starting at batch 1 gives batches 1, 2, …");
+}

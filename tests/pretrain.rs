@@ -1,0 +1,137 @@
+//! `lejepa pretrain` end to end on a tiny real dataset (scikit-learn digits): the loss goes down,
+//! checkpoints load, a killed run resumes onto the same loss curve, Ctrl-C saves, NaN is caught.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lejepa-pretrain-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A small but real configuration: ViT with 2 blocks on 8×8 digits, 2 global + 2 local views.
+fn tiny(out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lejepa"));
+    cmd.args(["pretrain", "--data", "digits", "--arch", "vit-tiny-patch4-depth2", "--projector", "128,128,16"])
+        .args(["--batch-size", "64", "--slices", "64", "--local-views", "2", "--epochs", "3", "--workers", "1"])
+        .args(["--threads", "1", "--eval-images", "200", "--lr", "1e-3", "--json", "--out"])
+        .arg(out)
+        .args(extra);
+    cmd
+}
+
+fn summary(output: &Output) -> serde_json::Value {
+    assert!(output.status.success(), "pretrain failed: {}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.lines().last().expect("no output")).unwrap()
+}
+
+fn losses(run_dir: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            Some((r["step"].as_u64()?, r["loss"].as_f64()?))
+        })
+        .collect()
+}
+
+#[test]
+fn loss_goes_down_and_the_run_reports_everything() {
+    let out = scratch("down");
+    let s = summary(&tiny(&out, &[]).output().unwrap());
+    let train_images = lejepa::data::open("digits", &Default::default()).unwrap().train.len() as u64;
+    assert_eq!(s["steps"], 3 * (train_images / 64), "3 epochs of whole batches of 64");
+    let run_dir = PathBuf::from(s["run_dir"].as_str().unwrap());
+    let curve = losses(&run_dir);
+    let mean = |xs: &[(u64, f64)]| xs.iter().map(|x| x.1).sum::<f64>() / xs.len() as f64;
+    let (early, late) = (mean(&curve[..5]), mean(&curve[curve.len() - 5..]));
+    assert!(late < 0.8 * early, "loss should fall: first steps {early:.4}, last steps {late:.4}");
+    let accuracy = s["probe_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.3, "an online probe on digits should beat chance (10%) clearly: {accuracy}");
+    for file in ["config.toml", "meta.json", "metrics.jsonl", "summary.json", "checkpoint.safetensors", "backbone.safetensors", "curves.png", "probe.png"] {
+        assert!(run_dir.join(file).exists(), "{file} missing from the run directory");
+    }
+    // The exported backbone is a timm-named ViT that loads into a fresh model.
+    let mut encoder = lejepa::models::Encoder::new(
+        tch::Device::Cpu, lejepa::models::Arch::from_name("vit-tiny-patch4-depth2").unwrap(), 1, 8, 0.0, &[128, 128, 16],
+    ).unwrap();
+    encoder.load_backbone(&run_dir.join("backbone.safetensors")).unwrap();
+}
+
+#[test]
+fn a_killed_run_resumes_onto_the_uninterrupted_loss_curve() {
+    let out = scratch("resume");
+    let reference = summary(&tiny(&out.join("a"), &["--max-steps", "12", "--drop-path", "0.1"]).output().unwrap());
+    let reference = losses(Path::new(reference["run_dir"].as_str().unwrap()));
+
+    // Same run, killed (SIGKILL) once its first checkpoint (every 4 steps) is on disk.
+    let mut child = tiny(&out.join("b"), &["--max-steps", "12", "--drop-path", "0.1", "--checkpoint-every", "4"]).spawn().unwrap();
+    let run_dir = out.join("b/001-vit-tiny-patch4-depth2");
+    let started = Instant::now();
+    while !run_dir.join("checkpoint.safetensors").exists() {
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resumed = summary(&tiny(&out.join("unused"), &["--resume", run_dir.to_str().unwrap()]).output().unwrap());
+    assert_eq!(resumed["steps"], 12);
+    let curve = losses(&run_dir);
+    assert_eq!(curve.len(), reference.len(), "every step logged once");
+    for ((s, a), (_, b)) in curve.iter().zip(&reference) {
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "step {s}: resumed loss {a}, uninterrupted {b}");
+    }
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
+    let out = scratch("sigint");
+    let mut child = tiny(&out, &["--epochs", "50"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let run_dir = out.join("001-vit-tiny-patch4-depth2");
+    let started = Instant::now();
+    while std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(true, |m| m.lines().count() < 3) {
+        assert!(started.elapsed() < Duration::from_secs(120), "training did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let s = summary(&child.wait_with_output().unwrap());
+    assert_eq!(s["interrupted"], true);
+    let steps = s["steps"].as_u64().unwrap();
+    assert!(steps >= 3 && steps < 1000, "stopped after {steps} steps");
+    let checkpoint = tch::Tensor::read_safetensors(run_dir.join("checkpoint.safetensors")).unwrap();
+    let saved_step = checkpoint.iter().find(|(n, _)| n == "step").unwrap().1.int64_value(&[]);
+    assert_eq!(saved_step as u64, steps, "the checkpoint holds the step it stopped at");
+}
+
+#[test]
+fn a_nan_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let out = scratch("nan");
+    let output = tiny(&out, &["--checkpoint-every", "3"]).env("LEJEPA_FAULT_NAN_STEP", "7").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("step 7") && stderr.contains("invariance is not finite"), "{stderr}");
+    let checkpoint = tch::Tensor::read_safetensors(out.join("001-vit-tiny-patch4-depth2/checkpoint.safetensors")).unwrap();
+    let step = checkpoint.iter().find(|(n, _)| n == "step").unwrap().1.int64_value(&[]);
+    assert_eq!(step, 6, "the checkpoint of step 6 is left as it was");
+}
+
+#[test]
+fn bad_config_values_are_rejected_before_training() {
+    let out = scratch("bad");
+    for (flag, value, expected) in [("--lambda", "1.5", "lambda"), ("--arch", "vit-giant", "unknown architecture"), ("--preset", "huge", "unknown preset")] {
+        let output = tiny(&out, &[flag, value]).output().unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{flag} {value}: {stderr}");
+    }
+    let config = out.join("bad.toml");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(&config, "lamda = 0.1\n").unwrap();
+    let output = tiny(&out, &["--config", config.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("bad.toml") && stderr.contains("lamda"), "{stderr}");
+}
