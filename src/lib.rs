@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod data;
 pub mod diagnostics;
+pub mod eval;
 pub mod models;
 pub mod npy;
 pub mod objective;

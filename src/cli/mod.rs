@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 
 pub mod data_args;
 mod diagnose;
+mod embed;
+mod model_args;
 mod pretrain;
+mod probe;
 mod views;
 
 #[derive(Parser)]
@@ -23,6 +26,10 @@ enum Command {
     Diagnose(diagnose::Args),
     /// Pretrain an encoder with LeJEPA (default: the cpu-small preset on Fashion-MNIST).
     Pretrain(pretrain::Args),
+    /// Frozen-backbone evaluation: linear probe, few-shot, k-NN, with pixel and random-init baselines.
+    Probe(probe::Args),
+    /// Write a frozen backbone's embeddings of a dataset split as .npy (+ labels).
+    Embed(embed::Args),
     /// Draw the training views of some images: each row an image, its global then local views.
     Views(views::Args),
 }
@@ -32,5 +39,7 @@ pub fn run() -> Result<()> {
         Command::Diagnose(args) => diagnose::run(args),
         Command::Pretrain(args) => pretrain::run(args),
         Command::Views(args) => views::run(args),
+        Command::Probe(args) => probe::run(args),
+        Command::Embed(args) => embed::run(args),
     }
 }

@@ -232,6 +232,7 @@ pub fn pretrain(config: &Config, resume: Option<&Path>, dataset: &Dataset) -> Re
 
     // Data, model, objective, optimizers.
     let crop = Arc::new(config.multicrop(dataset)?);
+    std::fs::write(run_dir.join("augment.toml"), toml::to_string(&*crop)?)?; // the exact views, for the record and for evaluation
     let arch = Arch::from_name(&config.arch)?;
     tch::manual_seed(config.seed as i64);
     let encoder = Encoder::new(device, arch, dataset.channels as i64, crop.global.size as i64, config.drop_path, &config.projector)?;

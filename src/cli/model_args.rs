@@ -1,0 +1,137 @@
+//! Which frozen backbone an evaluation command uses: a pretraining run, or any safetensors file
+//! with timm's names (from lejepa or from timm, e.g. a model a user brings) with its architecture.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use tch::{Device, Tensor};
+
+use crate::data::augment::MultiCrop;
+use crate::data::{Dataset, Split, channel_stats};
+use crate::models::{Arch, Encoder};
+use crate::train::config::Config;
+use crate::train::parse_device;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// A pretraining run directory (uses its config.toml and backbone.safetensors).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Backbone weights with timm's parameter names (lejepa's backbone.safetensors or a timm model's).
+    #[arg(long, requires = "arch")]
+    pub checkpoint: Option<PathBuf>,
+    /// Architecture of --checkpoint, e.g. vit-small-patch16 or resnet50 (timm's configurations).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Evaluation image size (default: the run's global view size, else the data's image size).
+    #[arg(long)]
+    pub img_size: Option<usize>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// A frozen backbone ready for a dataset, and the evaluation views that fit it.
+pub struct Model {
+    pub encoder: Encoder,
+    pub crop: MultiCrop,
+    pub device: Device,
+}
+
+/// Input channels of a timm-named backbone file (first convolution's weight).
+fn weights_in_chans(path: &Path) -> Result<i64> {
+    let tensors = Tensor::read_safetensors(path).map_err(|e| anyhow::anyhow!("{}: not a readable safetensors file ({e})", path.display()))?;
+    tensors
+        .iter()
+        .find(|(name, _)| name == "patch_embed.proj.weight" || name == "conv1.weight")
+        .map(|(_, t)| t.size()[1])
+        .with_context(|| format!("{}: neither patch_embed.proj.weight nor conv1.weight found (not a timm ViT/ResNet?)", path.display()))
+}
+
+impl ModelArgs {
+    /// The run's config, when --run is given.
+    pub fn run_config(&self) -> Result<Option<Config>> {
+        let Some(run) = &self.run else { return Ok(None) };
+        let path = run.join("config.toml");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read (is {} a run directory?)", path.display(), run.display()))?;
+        Ok(Some(toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?))
+    }
+
+    pub fn has_model(&self) -> bool {
+        self.run.is_some() || self.checkpoint.is_some()
+    }
+
+    /// A short name for tables.
+    pub fn name(&self) -> String {
+        match (&self.run, &self.checkpoint) {
+            (Some(run), _) => run.display().to_string(),
+            (None, Some(path)) => path.display().to_string(),
+            _ => "random init".into(),
+        }
+    }
+
+    /// Builds the backbone: trained weights, or (`random`) the same architecture freshly initialised.
+    pub fn load(&self, dataset: &Dataset, random: bool) -> Result<Model> {
+        let device = parse_device(&self.device)?;
+        let config = self.run_config()?;
+        let arch_name = match (&config, &self.arch) {
+            (_, Some(arch)) => arch.clone(),
+            (Some(c), None) => c.arch.clone(),
+            (None, None) => bail!("give --run RUN, or --checkpoint W.safetensors with --arch NAME"),
+        };
+        let arch = Arch::from_name(&arch_name)?;
+        let weights = match (&self.run, &self.checkpoint) {
+            (_, Some(path)) => Some(path.clone()),
+            (Some(run), None) => Some(run.join("backbone.safetensors")),
+            (None, None) => None,
+        };
+        let in_chans = match &weights {
+            Some(path) => weights_in_chans(path)?,
+            None => dataset.channels as i64,
+        };
+        ensure!(
+            in_chans as usize >= dataset.channels,
+            "the backbone takes {in_chans}-channel images but {} has {} channels",
+            dataset.spec,
+            dataset.channels
+        );
+        let multiple = match arch {
+            Arch::Vit { patch, .. } => patch as usize,
+            Arch::Resnet { .. } => 1,
+        };
+        let image = &dataset.train.images[0];
+        let default_size = match &self.run {
+            // The size the run was trained at (its global views), whatever data is probed now.
+            Some(run) => {
+                let path = run.join("augment.toml");
+                let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+                let trained: MultiCrop = toml::from_str(&text).with_context(|| format!("{}: invalid", path.display()))?;
+                trained.global.size
+            }
+            None => image.width.min(image.height).min(224),
+        };
+        let mut crop = MultiCrop::lejepa(self.img_size.unwrap_or(default_size), multiple, 1, 0);
+        (crop.mean, crop.std) = channel_stats(&dataset.train, dataset.channels);
+        if in_chans == 3 && dataset.channels == 1 {
+            // Gray data through an RGB model: the channel is replicated, so is its normalisation.
+            crop.mean = vec![crop.mean[0]; 3];
+            crop.std = vec![crop.std[0]; 3];
+        }
+        let mut encoder = Encoder::new(device, arch, in_chans, crop.global.size as i64, 0.0, &[16])?;
+        if !random {
+            if let Some(path) = &weights {
+                encoder.load_backbone(path)?;
+            }
+        }
+        Ok(Model { encoder, crop, device })
+    }
+}
+
+/// The split with gray images turned RGB when the model takes 3 channels.
+pub fn fit_channels(split: &Split, model: &Model) -> Split {
+    if model.crop.mean.len() == 3 && split.images.first().is_some_and(|i| i.channels == 1) {
+        Split { images: split.images.iter().map(|i| i.to_rgb()).collect(), labels: split.labels.clone() }
+    } else {
+        split.clone()
+    }
+}

@@ -1,0 +1,163 @@
+//! `lejepa probe`: how good a frozen encoder is, with the paper's protocols, next to the
+//! baselines that give its number a context (raw pixels, the same network at random init).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, ensure};
+use serde_json::json;
+use tch::Tensor;
+
+use super::data_args::DataArgs;
+use super::model_args::{ModelArgs, fit_channels};
+use crate::eval::{FeatureKind, ProbeSettings, Scores, features, few_shot_indices, knn, linear_probe, mean_std, pixel_features, scores};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Method {
+    /// LayerNorm + Linear, AdamW (wd 1e-6), warm-up + cosine.
+    Linear,
+    /// Weighted 20-NN on cosine similarity (DINO).
+    Knn,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Baseline {
+    /// The probe on raw (normalised) pixels.
+    Pixels,
+    /// The same architecture, randomly initialised.
+    Random,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long, value_enum, default_value = "linear")]
+    method: Method,
+    /// Labeled images per class, comma-separated, e.g. 1,2,5,10,100,all.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    shots: Vec<String>,
+    /// Seeds per few-shot setting (mean ± std is reported).
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Baselines evaluated with the same protocol, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    baseline: Vec<Baseline>,
+    /// Linear probe: epochs, learning rate, weight decay, batch size.
+    #[arg(long, default_value_t = 100)]
+    epochs: usize,
+    #[arg(long, default_value_t = 1e-2)]
+    lr: f64,
+    #[arg(long, default_value_t = 1e-6)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// k-NN: neighbours and temperature.
+    #[arg(long, default_value_t = 20)]
+    k: usize,
+    #[arg(long, default_value_t = 0.07)]
+    temperature: f64,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Mean and std over seeds of each score, for one shot setting.
+fn summarize(runs: &[Scores]) -> serde_json::Value {
+    let column = |f: fn(&Scores) -> f64| mean_std(&runs.iter().map(f).collect::<Vec<_>>());
+    let (acc, acc_std) = column(|s| s.accuracy);
+    let (bal, bal_std) = column(|s| s.balanced_accuracy);
+    let (f1, f1_std) = column(|s| s.macro_f1);
+    json!({"accuracy": acc, "accuracy_std": acc_std, "balanced_accuracy": bal, "balanced_accuracy_std": bal_std,
+           "macro_f1": f1, "macro_f1_std": f1_std, "seeds": runs.len()})
+}
+
+pub fn run(args: Args) -> Result<()> {
+    ensure!(args.model.has_model() || !args.baseline.is_empty(), "give --run or --checkpoint (with --arch), or a --baseline");
+    let default_data = args.model.run_config()?.map_or("fashion-mnist".to_string(), |c| c.data);
+    let dataset = args.data.open(&default_data)?;
+    let (Some(train_labels), Some(test_labels)) = (&dataset.train.labels, &dataset.test.labels) else {
+        anyhow::bail!("{}: probing needs labels on both the train and the test split", dataset.spec);
+    };
+    ensure!(!dataset.test.is_empty(), "{}: the test split is empty", dataset.spec);
+    let classes = dataset.classes.len();
+    let settings = ProbeSettings { epochs: args.epochs, batch_size: args.batch_size, lr: args.lr, weight_decay: args.weight_decay, seed: 0 };
+
+    // Each row: a name and its (train, test) features, computed once.
+    let mut rows: Vec<(String, Tensor, Tensor)> = Vec::new();
+    let kind = match args.method {
+        Method::Linear => FeatureKind::Probe,
+        Method::Knn => FeatureKind::Embedding,
+    };
+    let mut sources: Vec<(String, bool)> = Vec::new();
+    if args.model.has_model() {
+        sources.push((args.model.name(), false));
+    }
+    if args.baseline.contains(&Baseline::Random) {
+        sources.push(("random init".into(), true));
+    }
+    for (name, random) in sources {
+        let model = args.model.load(&dataset, random)?;
+        let (train, test) = (fit_channels(&dataset.train, &model), fit_channels(&dataset.test, &model));
+        let backbone = &model.encoder.backbone;
+        rows.push((name, features(backbone, &train, &model.crop, kind, model.device), features(backbone, &test, &model.crop, kind, model.device)));
+    }
+    if args.baseline.contains(&Baseline::Pixels) {
+        let image = &dataset.train.images[0];
+        let mut crop = crate::data::augment::MultiCrop::lejepa(image.width.min(image.height), 1, 1, 0);
+        (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, dataset.channels);
+        rows.push(("raw pixels".into(), pixel_features(&dataset.train, &crop), pixel_features(&dataset.test, &crop)));
+    }
+
+    let evaluate = |train: &Tensor, labels: &[i64], test: &Tensor, seed: u64| -> Result<Scores> {
+        let predicted = match args.method {
+            Method::Linear => linear_probe(train, labels, test, classes, ProbeSettings { seed, ..settings })?,
+            Method::Knn => knn(train, labels, test, classes, args.k, args.temperature)?,
+        };
+        Ok(scores(&predicted, test_labels, classes))
+    };
+
+    let mut report = BTreeMap::new();
+    println!("{} on {} ({} train / {} test images, {} classes)", match args.method { Method::Linear => "linear probe", Method::Knn => "k-NN" }, dataset.spec, dataset.train.len(), dataset.test.len(), classes);
+    println!("{:<40} {:>6} {:>16} {:>16} {:>16}", "features", "shots", "accuracy %", "balanced acc %", "macro-F1 %");
+    for (name, train, test) in &rows {
+        let mut per_shot = serde_json::Map::new();
+        for shots in &args.shots {
+            let runs: Vec<Scores> = if shots == "all" {
+                vec![evaluate(train, train_labels, test, 0)?]
+            } else {
+                let k: usize = shots.parse().map_err(|_| anyhow::anyhow!("--shots: '{shots}' is neither a number nor 'all'"))?;
+                (0..args.seeds)
+                    .map(|seed| {
+                        let chosen = few_shot_indices(train_labels, classes, k, seed);
+                        let index = Tensor::from_slice(&chosen.iter().map(|&i| i as i64).collect::<Vec<_>>());
+                        let labels: Vec<i64> = chosen.iter().map(|&i| train_labels[i]).collect();
+                        evaluate(&train.index_select(0, &index), &labels, test, seed)
+                    })
+                    .collect::<Result<_>>()?
+            };
+            let summary = summarize(&runs);
+            let cell = |key: &str| format!("{:.2} ± {:.2}", 100.0 * summary[key].as_f64().unwrap(), 100.0 * summary[format!("{key}_std")].as_f64().unwrap());
+            println!("{:<40} {:>6} {:>16} {:>16} {:>16}", name, shots, cell("accuracy"), cell("balanced_accuracy"), cell("macro_f1"));
+            per_shot.insert(shots.clone(), summary);
+        }
+        report.insert(name.clone(), per_shot);
+    }
+
+    // The headline numbers are the model's (or the first baseline's) at the first shot setting.
+    let headline = &report[&rows[0].0][&args.shots[0]];
+    let output = json!({
+        "data": dataset.spec, "method": format!("{:?}", args.method).to_lowercase(),
+        "accuracy": headline["accuracy"], "balanced_accuracy": headline["balanced_accuracy"], "macro_f1": headline["macro_f1"],
+        "shots": report[&rows[0].0], "rows": report,
+    });
+    if let Some(run) = &args.model.run {
+        let name = format!("probe-{}-{}.json", dataset.spec.replace(['/', ':'], "_"), format!("{:?}", args.method).to_lowercase());
+        std::fs::write(run.join(name), serde_json::to_string_pretty(&output)?)?;
+    }
+    if args.json {
+        println!("{output}");
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! `lejepa probe` and `lejepa embed` end to end: the pixel baseline against scikit-learn's logistic
+//! regression on the same split, few-shot reports, random-init baseline, embeddings for diagnose.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tch::{Kind, Tensor};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lejepa-probe-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn lejepa_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).args(args).output().unwrap();
+    assert!(out.status.success(), "lejepa {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap()
+}
+
+#[test]
+fn pixel_baseline_lands_where_scikit_learn_logistic_regression_does() {
+    let ours = lejepa_json(&["probe", "--data", "digits", "--baseline", "pixels", "--json"])["accuracy"].as_f64().unwrap();
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let has_sklearn = Command::new(&python).args(["-c", "import sklearn"]).output().is_ok_and(|o| o.status.success());
+    if !has_sklearn {
+        eprintln!("skipping the scikit-learn comparison: .venv has no scikit-learn (run scripts/setup --python)");
+        assert!(ours > 0.9, "pixel probe on digits: {ours}");
+        return;
+    }
+    // The same split, raw pixels, through scikit-learn.
+    let ds = lejepa::data::open("digits", &Default::default()).unwrap();
+    let dir = scratch("sklearn");
+    let pixels = |split: &lejepa::data::Split| {
+        let flat: Vec<f32> = split.images.iter().flat_map(|i| i.pixels.iter().map(|&p| p as f32)).collect();
+        Tensor::from_slice(&flat).view([split.len() as i64, 64])
+    };
+    pixels(&ds.train).write_npy(dir.join("train_x.npy")).unwrap();
+    pixels(&ds.test).write_npy(dir.join("test_x.npy")).unwrap();
+    Tensor::from_slice(ds.train.labels.as_ref().unwrap()).write_npy(dir.join("train_y.npy")).unwrap();
+    Tensor::from_slice(ds.test.labels.as_ref().unwrap()).write_npy(dir.join("test_y.npy")).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/logreg.py");
+    let out = Command::new(&python).arg(script).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reference = reference["accuracy"].as_f64().unwrap();
+    assert!((ours - reference).abs() <= 0.02, "pixel probe {ours:.4} vs scikit-learn logistic regression {reference:.4}");
+}
+
+#[test]
+fn probe_a_run_with_few_shots_and_baselines_then_embed_and_diagnose() {
+    let runs = scratch("runs");
+    let summary = lejepa_json(&[
+        "pretrain", "--data", "digits", "--arch", "vit-tiny-patch4-depth2", "--projector", "64,64,16", "--batch-size", "64",
+        "--slices", "32", "--local-views", "0", "--max-steps", "6", "--workers", "1", "--no-online-probe", "--json",
+        "--out", runs.to_str().unwrap(),
+    ]);
+    let run = summary["run_dir"].as_str().unwrap();
+    let report = lejepa_json(&[
+        "probe", "--run", run, "--shots", "all,1,5", "--seeds", "3", "--baseline", "random,pixels", "--epochs", "20", "--json",
+    ]);
+    for key in ["accuracy", "balanced_accuracy", "macro_f1"] {
+        let v = report[key].as_f64().unwrap();
+        assert!((0.1..=1.0).contains(&v), "{key} = {v}");
+    }
+    assert_eq!(report["shots"]["1"]["seeds"], 3);
+    assert!(report["shots"]["5"]["accuracy_std"].as_f64().unwrap() >= 0.0);
+    let rows = report["rows"].as_object().unwrap();
+    assert!(rows.contains_key("random init") && rows.contains_key("raw pixels") && rows.len() == 3);
+    assert!(Path::new(run).join("probe-digits-linear.json").exists());
+
+    let knn = lejepa_json(&["probe", "--run", run, "--method", "knn", "--json"]);
+    assert!(knn["accuracy"].as_f64().unwrap() > 0.3, "20-NN on digits features: {knn}");
+
+    // Embeddings (+ labels) that `lejepa diagnose` reads.
+    let emb = scratch("emb").join("test.npy");
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).args(["embed", "--run", run, "--out", emb.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let embeddings = Tensor::read_npy(&emb).unwrap();
+    let labels = Tensor::read_npy(emb.with_file_name("test_labels.npy")).unwrap();
+    assert_eq!(embeddings.size(), [451, 192]);
+    assert_eq!((labels.size(), labels.kind()), (vec![451], Kind::Int64));
+    let diag = lejepa_json(&["diagnose", emb.to_str().unwrap(), "--json"]);
+    assert_eq!((diag["n"].as_i64(), diag["dim"].as_i64()), (Some(451), Some(192)));
+}
+
+#[test]
+fn probing_without_a_model_or_with_unlabeled_data_says_why() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).args(["probe", "--data", "digits"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--run"));
+}
