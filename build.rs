@@ -17,5 +17,20 @@ fn main() {
         }
     }
     println!("cargo:rustc-env=LIBTORCH_VERSION={version}");
+
+    // The bf16 autocast shim (src/shim/autocast.cpp), compiled against the wheel's headers.
+    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        let root = std::path::Path::new(&lib).join("..");
+        cc::Build::new()
+            .cpp(true)
+            .file("src/shim/autocast.cpp")
+            .include(root.join("include"))
+            .include(root.join("include/torch/csrc/api/include"))
+            .flag("-std=c++17")
+            .define("_GLIBCXX_USE_CXX11_ABI", "1")
+            .warnings(false)
+            .compile("lejepa_shim");
+    }
+    println!("cargo:rerun-if-changed=src/shim/autocast.cpp");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
 }

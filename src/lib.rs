@@ -1,6 +1,7 @@
 //! lejepa: LeJEPA self-supervised image pretraining (Balestriero & LeCun 2025, arXiv 2511.08544)
 //! on libtorch. The method is two files: [`sigreg`] and [`objective`].
 pub mod cli;
+pub mod autocast;
 pub mod data;
 pub mod diagnostics;
 pub mod eval;

@@ -135,3 +135,18 @@ fn bad_config_values_are_rejected_before_training() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("bad.toml") && stderr.contains("lamda"), "{stderr}");
 }
+
+#[test]
+fn bf16_autocast_on_cpu_runs_in_bf16_and_tracks_f32() {
+    let out = scratch("bf16");
+    let run = |precision: &str| summary(&tiny(&out.join(precision), &["--max-steps", "12", "--precision", precision]).output().unwrap());
+    let (f32_run, bf16_run) = (run("f32"), run("bf16"));
+    let first = |s: &serde_json::Value| s["first_loss"].as_f64().unwrap();
+    let last = |s: &serde_json::Value| s["final_loss"].as_f64().unwrap();
+    let gap = (first(&bf16_run) - first(&f32_run)).abs() / first(&f32_run);
+    assert!(gap > 0.0, "identical losses: autocast did not switch to bf16");
+    assert!(gap < 0.01, "first loss: bf16 {} vs f32 {}", first(&bf16_run), first(&f32_run));
+    // A stale bf16 weight cache would freeze the forward pass at the first step's weights.
+    assert!(last(&bf16_run) < 0.9 * first(&bf16_run), "bf16 loss must fall like f32's");
+    assert!((last(&bf16_run) - last(&f32_run)).abs() / last(&f32_run) < 0.1);
+}

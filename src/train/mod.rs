@@ -322,14 +322,17 @@ pub fn pretrain(config: &Config, resume: Option<&Path>, dataset: &Dataset) -> Re
             let waited = Instant::now();
             let batch = loader.next();
             wait += waited.elapsed().as_secs_f64();
+            // Encoder and projector under bf16 autocast when asked; the objective always in f32.
+            let autocast = (config.precision == "bf16").then(|| crate::autocast::Bf16Autocast::new(device));
             let global = state.encoder.backbone.forward(&batch.global.to_device(device), true);
-            let mut embeddings = vec![global.embedding];
+            let mut embeddings = vec![global.embedding.shallow_clone()];
             if let Some(local) = &batch.local {
                 embeddings.push(state.encoder.backbone.forward(&local.to_device(device), true).embedding);
             }
             let embeddings = Tensor::cat(&embeddings, 0); // [V·N, D], view-major
             let z = state.encoder.projector.forward(&embeddings, true).view([views, n, -1]); // [V, N, K]
-            let terms = objective.forward(&z, vg as usize, step)?;
+            drop(autocast);
+            let terms = objective.forward(&z.to_kind(Kind::Float), vg as usize, step)?;
             let mut values = [terms.loss.double_value(&[]), terms.invariance.double_value(&[]), terms.sigreg.double_value(&[])];
             if nan_at_step == Some(step) {
                 values[1] = f64::NAN;
@@ -349,7 +352,7 @@ pub fn pretrain(config: &Config, resume: Option<&Path>, dataset: &Dataset) -> Re
             // Online probe on detached global-view features.
             if let (Some((_, probe, _)), Some(labels)) = (&state.probe, &batch.labels) {
                 let targets = labels.to_device(device).repeat([vg]);
-                let logits = probe.forward(&global.probe.detach());
+                let logits = probe.forward(&global.probe.detach().to_kind(Kind::Float));
                 (logits.cross_entropy_for_logits(&targets) / config.grad_accum as f64).backward();
             }
         }
