@@ -8,5 +8,6 @@ pub mod eval;
 pub mod models;
 pub mod npy;
 pub mod objective;
+pub mod select;
 pub mod sigreg;
 pub mod train;

@@ -10,6 +10,8 @@ mod embed;
 mod model_args;
 mod pretrain;
 mod probe;
+mod select;
+mod sweep;
 mod views;
 
 #[derive(Parser)]
@@ -30,6 +32,10 @@ enum Command {
     Probe(probe::Args),
     /// Write a frozen backbone's embeddings of a dataset split as .npy (+ labels).
     Embed(embed::Args),
+    /// Run a grid of pretraining runs (resumable), then rank them as `select` does.
+    Sweep(sweep::Args),
+    /// Choose among runs without labels: rank by final training loss / λ^α.
+    Select(select::Args),
     /// Draw the training views of some images: each row an image, its global then local views.
     Views(views::Args),
 }
@@ -41,5 +47,7 @@ pub fn run() -> Result<()> {
         Command::Views(args) => views::run(args),
         Command::Probe(args) => probe::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::Sweep(args) => sweep::run(args),
+        Command::Select(args) => select::run(args),
     }
 }

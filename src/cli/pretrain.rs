@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::train::config::{Config, ConfigArgs};
-use crate::train::pretrain;
+use crate::train::{new_run_dir, pretrain};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -46,7 +46,10 @@ pub fn run(args: Args) -> Result<()> {
         config.batch_size,
         config.global_views + config.local_views,
     );
-    let summary = pretrain(&config, args.resume.as_deref(), &dataset)?;
+    let summary = match &args.resume {
+        Some(dir) => pretrain(&config, dir, true, &dataset)?,
+        None => pretrain(&config, &new_run_dir(&config.out, &config.arch)?, false, &dataset)?,
+    };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {

@@ -158,7 +158,7 @@ impl State {
 }
 
 /// A fresh numbered run directory `out/NNN-<arch>`.
-fn new_run_dir(out: &Path, arch: &str) -> Result<PathBuf> {
+pub fn new_run_dir(out: &Path, arch: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     for n in 1.. {
         let dir = out.join(format!("{n:03}-{arch}"));
@@ -202,8 +202,9 @@ fn probe_accuracy(encoder: &Encoder, probe: &LinearProbe, dataset: &Dataset, cro
     Some(correct as f64 / n as f64)
 }
 
-/// Runs (or resumes) a pretraining run and returns its summary.
-pub fn pretrain(config: &Config, resume: Option<&Path>, dataset: &Dataset) -> Result<Summary> {
+/// Runs a pretraining run in `run_dir` (an existing, empty folder), or with `resume` continues the
+/// one there from its checkpoint, and returns its summary.
+pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset) -> Result<Summary> {
     let started = Instant::now();
     if let Some(threads) = config.threads {
         tch::set_num_threads(threads as i32);
@@ -218,11 +219,7 @@ pub fn pretrain(config: &Config, resume: Option<&Path>, dataset: &Dataset) -> Re
     });
     STOP.store(false, Ordering::SeqCst);
 
-    // Run directory: a new one, or the one being resumed.
-    let run_dir = match resume {
-        Some(dir) => dir.to_path_buf(),
-        None => new_run_dir(&config.out, &config.arch)?,
-    };
+    let run_dir = run_dir.to_path_buf();
     std::fs::write(run_dir.join("config.toml"), toml::to_string(config)?)?;
     let meta = serde_json::json!({
         "lejepa_version": env!("CARGO_PKG_VERSION"), "git_commit": git_commit(),
@@ -263,7 +260,7 @@ pub fn pretrain(config: &Config, resume: Option<&Path>, dataset: &Dataset) -> Re
 
     let checkpoint_path = run_dir.join("checkpoint.safetensors");
     let mut step = 0;
-    if resume.is_some() {
+    if resume {
         step = state.load(&checkpoint_path)?;
         eprintln!("resuming {} at step {step} of {last_step}", run_dir.display());
     }

@@ -78,3 +78,35 @@ pub fn draw(metrics: &Path, run_dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// A scatter plot of named point sets.
+pub fn scatter(path: &Path, title: &str, x_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
+    register_font()?;
+    let points: Vec<(f64, f64)> = series.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+    anyhow::ensure!(!points.is_empty(), "nothing to plot");
+    let bounds = |f: fn(&(f64, f64)) -> f64| {
+        let (lo, hi) = points.iter().map(f).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+        let pad = ((hi - lo) * 0.08).max(1e-3);
+        lo - pad..hi + pad
+    };
+    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(bounds(|p| p.0), bounds(|p| p.1))?;
+    chart.configure_mesh().x_desc(x_label).y_desc("probe accuracy %").draw()?;
+    let colors = [RED, BLUE, GREEN, BLACK];
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 5, color.filled())))?
+            .label(*name)
+            .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present().with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

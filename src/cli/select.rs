@@ -1,0 +1,85 @@
+//! `lejepa select RUN...`: choose a run without labels, by final training loss / λ^α.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, ensure};
+use serde_json::json;
+
+use crate::select::{RunResult, read_run, spearman};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run directories, or folders of runs (e.g. a sweep).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Exponent of λ in the ranking score loss / λ^α (0: the plain loss).
+    #[arg(long, default_value_t = 0.4)]
+    alpha: f64,
+    /// Scatter plot of the score against probe accuracy (PNG), when probe results exist.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Run directories among the given paths: each path itself, or its subfolders holding a run.
+fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for path in paths {
+        if path.join("config.toml").exists() {
+            dirs.push(path.clone());
+        } else if let Ok(entries) = std::fs::read_dir(path) {
+            let mut subs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("config.toml").exists()).collect();
+            subs.sort();
+            dirs.extend(subs);
+        } else {
+            dirs.push(path.clone()); // reported as not a run by read_run
+        }
+    }
+    dirs
+}
+
+/// Rank agreement ρ(−score, accuracy) over the runs with a probe accuracy (1 = same order).
+fn agreement(runs: &[RunResult], alpha: f64) -> Option<f64> {
+    let with_acc: Vec<&RunResult> = runs.iter().filter(|r| r.probe_accuracy.is_some()).collect();
+    (with_acc.len() >= 3).then(|| {
+        let scores: Vec<f64> = with_acc.iter().map(|r| -r.score(alpha)).collect();
+        let acc: Vec<f64> = with_acc.iter().map(|r| r.probe_accuracy.unwrap()).collect();
+        spearman(&scores, &acc)
+    })
+}
+
+pub fn report(paths: &[PathBuf], alpha: f64, plot: Option<&Path>, as_json: bool) -> Result<()> {
+    let runs: Vec<RunResult> = expand(paths).iter().map(|d| read_run(d)).collect::<Result<_>>()?;
+    ensure!(!runs.is_empty(), "no runs found");
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|&a, &b| runs[a].score(alpha).total_cmp(&runs[b].score(alpha)));
+    println!("{:<48} {:>7} {:>10} {:>14} {:>10}", "run", "λ", "loss", format!("loss/λ^{alpha}"), "probe %");
+    for &i in &order {
+        let r = &runs[i];
+        let acc = r.probe_accuracy.map_or("-".to_string(), |a| format!("{:.2}", 100.0 * a));
+        println!("{:<48} {:>7} {:>10.4} {:>14.4} {:>10}", r.run_dir.display(), r.lambda, r.final_loss, r.score(alpha), acc);
+    }
+    let chosen = &runs[order[0]];
+    println!("chosen (lowest loss/λ^{alpha}): {}", chosen.run_dir.display());
+    let (plain, scaled) = (agreement(&runs, 0.0), agreement(&runs, alpha));
+    if let (Some(plain), Some(scaled)) = (plain, scaled) {
+        println!("Spearman ρ(−score, probe accuracy): α = 0: {plain:.3}, α = {alpha}: {scaled:.3}");
+        if let Some(path) = plot {
+            let series = |a: f64| -> Vec<(f64, f64)> {
+                runs.iter().filter_map(|r| Some((r.score(a).ln(), 100.0 * r.probe_accuracy?))).collect()
+            };
+            crate::train::plots::scatter(path, &format!("training loss vs probe accuracy (ρ = {plain:.2} plain, {scaled:.2} with α = {alpha})"), "ln(score)", &[("loss", series(0.0)), (&format!("loss/λ^{alpha}"), series(alpha))])?;
+            println!("plot: {}", path.display());
+        }
+    }
+    if as_json {
+        println!("{}", json!({"chosen": chosen.run_dir, "alpha": alpha, "spearman_plain": plain, "spearman_alpha": scaled, "runs": runs}));
+    }
+    Ok(())
+}
+
+pub fn run(args: Args) -> Result<()> {
+    report(&args.runs, args.alpha, args.plot.as_deref(), args.json)
+}
