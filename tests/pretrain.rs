@@ -150,3 +150,18 @@ fn bf16_autocast_on_cpu_runs_in_bf16_and_tracks_f32() {
     assert!(last(&bf16_run) < 0.9 * first(&bf16_run), "bf16 loss must fall like f32's");
     assert!((last(&bf16_run) - last(&f32_run)).abs() / last(&f32_run) < 0.1);
 }
+
+#[test]
+fn a_run_that_cannot_fit_in_memory_says_so_before_training() {
+    let out = scratch("memory");
+    let output = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+        .args(["pretrain", "--arch", "vit-base-patch4", "--batch-size", "60000", "--workers", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("needs about") && stderr.contains("available") && stderr.contains("--batch-size"), "{stderr}");
+    let metrics = std::fs::read_to_string(out.join("001-vit-base-patch4/metrics.jsonl")).unwrap_or_default();
+    assert!(metrics.is_empty(), "no training step may have run");
+}

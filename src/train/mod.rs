@@ -3,6 +3,7 @@
 //! step AdamW; log, checkpoint, evaluate the online probe once per epoch.
 
 pub mod config;
+pub mod memory;
 pub mod optim;
 pub mod plots;
 pub mod schedule;
@@ -76,6 +77,9 @@ pub struct Summary {
     pub wall_seconds: f64,
     /// Fraction of step time spent waiting for the data loader.
     pub data_wait_fraction: f64,
+    /// Memory a training step was estimated to take before training (CPU), and the process's peak resident memory.
+    pub estimated_step_bytes: Option<u64>,
+    pub peak_resident_bytes: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -258,6 +262,29 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
     let last_step = config.max_steps.map_or(total_steps, |m| m.min(total_steps));
     let warmup_steps = (config.warmup_epochs * steps_per_epoch as f64).round() as u64;
 
+    // Will it fit? One forward/backward at 2 and 4 samples of the real views, extrapolated (CPU).
+    let mut estimated_step_bytes = None;
+    if device == Device::Cpu {
+        let (c, sg, sl) = (dataset.channels as i64, crop.global.size as i64, crop.local.size as i64);
+        let (vl, z_views) = (crop.local_views as i64, crop.views() as i64);
+        estimated_step_bytes = memory::estimate_step_bytes(config.batch_size, |n| {
+            let n = n as i64;
+            let autocast = (config.precision == "bf16").then(|| crate::autocast::Bf16Autocast::new(device));
+            let mut embeddings = vec![state.encoder.backbone.forward(&Tensor::zeros([crop.global_views as i64 * n, c, sg, sg], (Kind::Float, device)), false).embedding];
+            if vl > 0 {
+                embeddings.push(state.encoder.backbone.forward(&Tensor::zeros([vl * n, c, sl, sl], (Kind::Float, device)), false).embedding);
+            }
+            let z = state.encoder.projector.forward(&Tensor::cat(&embeddings, 0), false).view([z_views, n, -1]);
+            drop(autocast);
+            if let Ok(terms) = objective.forward(&z.to_kind(Kind::Float), crop.global_views, 0) {
+                terms.loss.backward();
+            }
+        });
+        if let Some(bytes) = estimated_step_bytes {
+            memory::ensure_fits(bytes, &format!("{} at batch size {}", config.arch, config.batch_size))?;
+        }
+    }
+
     let checkpoint_path = run_dir.join("checkpoint.safetensors");
     let mut step = 0;
     if resume {
@@ -408,6 +435,8 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         interrupted,
         wall_seconds: started.elapsed().as_secs_f64(),
         data_wait_fraction: if total_step_time > 0.0 { total_wait / total_step_time } else { 0.0 },
+        estimated_step_bytes,
+        peak_resident_bytes: memory::peak_resident_bytes(),
     };
     std::fs::write(run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     if let Err(e) = plots::draw(&metrics_path, &run_dir) {

@@ -1,0 +1,50 @@
+//! "Will this run fit?", answered before training: one forward/backward pass of the real model
+//! at two small batch sizes, the peak resident memory of each (Linux /proc), extrapolated to the
+//! configured batch and compared with the memory available.
+
+use anyhow::{Result, bail};
+
+fn proc_kb(file: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Peak resident bytes of `work` above the resident size before it (None where /proc cannot tell).
+fn peak_growth(work: impl FnOnce()) -> Option<u64> {
+    std::fs::write("/proc/self/clear_refs", "5").ok()?; // resets VmHWM to the current RSS
+    let before = proc_kb("/proc/self/status", "VmRSS:")?;
+    work();
+    let peak = proc_kb("/proc/self/status", "VmHWM:")?;
+    Some(peak.saturating_sub(before) * 1024)
+}
+
+/// Estimated peak bytes of a training step at `batch` samples, from steps at 2 and 4 samples
+/// (`step(n)` runs one forward/backward with n samples). None where it cannot be measured.
+pub fn estimate_step_bytes(batch: usize, mut step: impl FnMut(usize)) -> Option<u64> {
+    step(2); // warm-up: first-call allocations are not per-sample cost
+    let small = peak_growth(|| step(2))?;
+    let large = peak_growth(|| step(4))?;
+    let per_sample = large.saturating_sub(small) as f64 / 2.0;
+    Some(large + (per_sample * batch.saturating_sub(4) as f64) as u64)
+}
+
+/// Fails with a clear message when the estimated step does not fit in the available memory.
+pub fn ensure_fits(step_bytes: u64, what: &str) -> Result<()> {
+    let Some(available_kb) = proc_kb("/proc/meminfo", "MemAvailable:") else { return Ok(()) };
+    let available = available_kb * 1024;
+    if step_bytes > available * 9 / 10 {
+        bail!(
+            "{what} needs about {:.1} GB per step but only {:.1} GB of memory are available; \
+             lower --batch-size (and raise --grad-accum to keep the effective batch) or use fewer/smaller views",
+            step_bytes as f64 / 1e9,
+            available as f64 / 1e9
+        );
+    }
+    Ok(())
+}
+
+/// The process's peak resident memory since start (or since the last estimate).
+pub fn peak_resident_bytes() -> Option<u64> {
+    proc_kb("/proc/self/status", "VmHWM:").map(|kb| kb * 1024)
+}
