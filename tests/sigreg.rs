@@ -147,3 +147,22 @@ fn bad_parameters_are_rejected_with_a_clear_message() {
     let err = NormalityTest::from_name("kolmogorov", 3.0, 17).unwrap_err().to_string();
     assert!(err.contains("epps-pulley") && err.contains("kolmogorov"), "{err}");
 }
+
+#[test]
+fn fused_kernel_matches_the_autograd_version_in_value_and_gradient() {
+    tch::manual_seed(21);
+    let ep = EppsPulley::default();
+    for (scale, shift) in [(1.0, 0.0), (2.5, 0.7), (0.05, 0.0)] {
+        let x = (Tensor::randn([3, 257, 40], (Kind::Float, tch::Device::Cpu)) * scale + shift).set_requires_grad(true);
+        let upstream = Tensor::rand([3, 40], (Kind::Float, tch::Device::Cpu)); // an uneven gradient per slice
+        let plain = ep.statistic(&x);
+        (&plain * &upstream).sum(None::<Kind>).backward();
+        let plain_grad = x.grad().copy();
+        let _ = x.grad().zero_();
+        let fused = lejepa::sigreg::fused::epps_pulley(&ep, &x);
+        (&fused * &upstream).sum(None::<Kind>).backward();
+        let rel = |a: &Tensor, b: &Tensor| ((a - b).abs().max() / b.abs().max()).double_value(&[]);
+        assert!(rel(&fused, &plain) < 1e-5, "statistic differs by {}", rel(&fused, &plain));
+        assert!(rel(&x.grad(), &plain_grad) < 1e-5, "gradient differs by {}", rel(&x.grad(), &plain_grad));
+    }
+}
