@@ -19,14 +19,23 @@ fn peak_growth(work: impl FnOnce()) -> Option<u64> {
     Some(peak.saturating_sub(before) * 1024)
 }
 
-/// Estimated peak bytes of a training step at `batch` samples, from steps at 2 and 4 samples
+unsafe extern "C" {
+    fn mallopt(param: i32, value: i32) -> i32;
+}
+
+/// Estimated peak bytes of a training step at `batch` samples, from steps at 4 and 8 samples
 /// (`step(n)` runs one forward/backward with n samples). None where it cannot be measured.
 pub fn estimate_step_bytes(batch: usize, mut step: impl FnMut(usize)) -> Option<u64> {
-    step(2); // warm-up: first-call allocations are not per-sample cost
-    let small = peak_growth(|| step(2))?;
-    let large = peak_growth(|| step(4))?;
-    let per_sample = large.saturating_sub(small) as f64 / 2.0;
-    Some(large + (per_sample * batch.saturating_sub(4) as f64) as u64)
+    // glibc raises its mmap threshold after large frees, after which freed tensors stay resident
+    // and peaks stop measuring live memory; a fixed threshold (M_MMAP_THRESHOLD = −3) keeps large
+    // buffers mmapped and returned on free.
+    // SAFETY: mallopt only changes allocator tuning; called before the loader threads start.
+    unsafe { mallopt(-3, 256 * 1024) };
+    step(4); // warm-up: first-call allocations are not per-sample cost
+    let small = peak_growth(|| step(4))?;
+    let large = peak_growth(|| step(8))?;
+    let per_sample = large.saturating_sub(small) as f64 / 4.0;
+    Some(large + (per_sample * batch.saturating_sub(8) as f64) as u64)
 }
 
 /// Fails with a clear message when the estimated step does not fit in the available memory.

@@ -61,6 +61,34 @@ impl LinearProbe {
     }
 }
 
+/// The LeJEPA forward pass of one batch: global views `[V_g·N, C, S_g, S_g]` and local views
+/// `[V_l·N, C, S_l, S_l]` (view-major) → the loss terms, and the backbone features of the global
+/// views (for the online probe). Encoder and projector run under bf16 autocast when `bf16`; the
+/// objective is always computed in f32.
+pub fn lejepa_forward(
+    encoder: &Encoder,
+    objective: &LeJepaObjective,
+    global: &Tensor,
+    local: Option<&Tensor>,
+    global_views: usize,
+    step: u64,
+    bf16: bool,
+    train: bool,
+) -> Result<(crate::objective::LossTerms, crate::models::Features)> {
+    let n = global.size()[0] / global_views as i64;
+    let autocast = bf16.then(|| crate::autocast::Bf16Autocast::new(global.device()));
+    let global_features = encoder.backbone.forward(global, train);
+    let mut embeddings = vec![global_features.embedding.shallow_clone()];
+    if let Some(local) = local {
+        embeddings.push(encoder.backbone.forward(local, train).embedding);
+    }
+    let embeddings = Tensor::cat(&embeddings, 0); // [V·N, D], view-major
+    let z = encoder.projector.forward(&embeddings, train); // [V·N, K]
+    drop(autocast);
+    let z = z.to_kind(Kind::Float).view([-1, n, z.size()[1]]); // [V, N, K]
+    Ok((objective.forward(&z, global_views, step)?, global_features))
+}
+
 /// What a run reports at the end (and prints as the last line of stdout with `--json`).
 #[derive(Debug, Serialize)]
 pub struct Summary {
@@ -266,21 +294,18 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
     let mut estimated_step_bytes = None;
     if device == Device::Cpu {
         let (c, sg, sl) = (dataset.channels as i64, crop.global.size as i64, crop.local.size as i64);
-        let (vl, z_views) = (crop.local_views as i64, crop.views() as i64);
+        let vl = crop.local_views as i64;
         estimated_step_bytes = memory::estimate_step_bytes(config.batch_size, |n| {
             let n = n as i64;
-            let autocast = (config.precision == "bf16").then(|| crate::autocast::Bf16Autocast::new(device));
-            let mut embeddings = vec![state.encoder.backbone.forward(&Tensor::zeros([crop.global_views as i64 * n, c, sg, sg], (Kind::Float, device)), false).embedding];
-            if vl > 0 {
-                embeddings.push(state.encoder.backbone.forward(&Tensor::zeros([vl * n, c, sl, sl], (Kind::Float, device)), false).embedding);
-            }
-            let z = state.encoder.projector.forward(&Tensor::cat(&embeddings, 0), false).view([z_views, n, -1]);
-            drop(autocast);
-            if let Ok(terms) = objective.forward(&z.to_kind(Kind::Float), crop.global_views, 0) {
+            let global = Tensor::zeros([crop.global_views as i64 * n, c, sg, sg], (Kind::Float, device));
+            let local = (vl > 0).then(|| Tensor::zeros([vl * n, c, sl, sl], (Kind::Float, device)));
+            let bf16 = config.precision == "bf16";
+            if let Ok((terms, _)) = lejepa_forward(&state.encoder, &objective, &global, local.as_ref(), crop.global_views, 0, bf16, false) {
                 terms.loss.backward();
             }
         });
         if let Some(bytes) = estimated_step_bytes {
+            eprintln!("estimated memory of a training step: {:.2} GB", bytes as f64 / 1e9);
             memory::ensure_fits(bytes, &format!("{} at batch size {}", config.arch, config.batch_size))?;
         }
     }
@@ -321,8 +346,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
             .unwrap(),
     );
-    let (vg, views) = (crop.global_views as i64, crop.views() as i64);
-    let n = config.batch_size as i64;
+    let vg = crop.global_views as i64;
     let (mut first_loss, mut last_terms) = (None, None);
     let (mut total_wait, mut total_step_time) = (0.0, 0.0);
     let mut probe_acc = None;
@@ -346,17 +370,10 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
             let waited = Instant::now();
             let batch = loader.next();
             wait += waited.elapsed().as_secs_f64();
-            // Encoder and projector under bf16 autocast when asked; the objective always in f32.
-            let autocast = (config.precision == "bf16").then(|| crate::autocast::Bf16Autocast::new(device));
-            let global = state.encoder.backbone.forward(&batch.global.to_device(device), true);
-            let mut embeddings = vec![global.embedding.shallow_clone()];
-            if let Some(local) = &batch.local {
-                embeddings.push(state.encoder.backbone.forward(&local.to_device(device), true).embedding);
-            }
-            let embeddings = Tensor::cat(&embeddings, 0); // [V·N, D], view-major
-            let z = state.encoder.projector.forward(&embeddings, true).view([views, n, -1]); // [V, N, K]
-            drop(autocast);
-            let terms = objective.forward(&z.to_kind(Kind::Float), vg as usize, step)?;
+            let local = batch.local.as_ref().map(|l| l.to_device(device));
+            let (terms, global) = lejepa_forward(
+                &state.encoder, &objective, &batch.global.to_device(device), local.as_ref(), crop.global_views, step, config.precision == "bf16", true,
+            )?;
             let mut values = [terms.loss.double_value(&[]), terms.invariance.double_value(&[]), terms.sigreg.double_value(&[])];
             if nan_at_step == Some(step) {
                 values[1] = f64::NAN;
