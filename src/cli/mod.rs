@@ -4,6 +4,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
 pub mod data_args;
 mod diagnose;
 mod embed;
@@ -36,6 +37,8 @@ enum Command {
     Sweep(sweep::Args),
     /// Choose among runs without labels: rank by final training loss / λ^α.
     Select(select::Args),
+    /// Benchmark against the PyTorch reference on the same shapes and threads (ratios, memory, % of GEMM peak).
+    Bench(bench::Args),
     /// Draw the training views of some images: each row an image, its global then local views.
     Views(views::Args),
 }
@@ -49,5 +52,6 @@ pub fn run() -> Result<()> {
         Command::Embed(args) => embed::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Select(args) => select::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

@@ -100,16 +100,13 @@ impl ModelArgs {
             Arch::Resnet { .. } => 1,
         };
         let image = &dataset.train.images[0];
-        let default_size = match &self.run {
-            // The size the run was trained at (its global views), whatever data is probed now.
-            Some(run) => {
-                let path = run.join("augment.toml");
-                let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-                let trained: MultiCrop = toml::from_str(&text).with_context(|| format!("{}: invalid", path.display()))?;
-                trained.global.size
-            }
-            None => image.width.min(image.height).min(224),
-        };
+        // The size the run was trained at (its global views), whatever data is probed now;
+        // else the data's own size.
+        let trained_size = self.run.as_ref().and_then(|run| {
+            let text = std::fs::read_to_string(run.join("augment.toml")).ok()?;
+            Some(toml::from_str::<MultiCrop>(&text).ok()?.global.size)
+        });
+        let default_size = trained_size.unwrap_or(image.width.min(image.height).min(224));
         let mut crop = MultiCrop::lejepa(self.img_size.unwrap_or(default_size), multiple, 1, 0);
         (crop.mean, crop.std) = channel_stats(&dataset.train, dataset.channels);
         if in_chans == 3 && dataset.channels == 1 {

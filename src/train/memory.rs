@@ -11,7 +11,7 @@ fn proc_kb(file: &str, field: &str) -> Option<u64> {
 }
 
 /// Peak resident bytes of `work` above the resident size before it (None where /proc cannot tell).
-fn peak_growth(work: impl FnOnce()) -> Option<u64> {
+pub fn peak_growth(work: impl FnOnce()) -> Option<u64> {
     std::fs::write("/proc/self/clear_refs", "5").ok()?; // resets VmHWM to the current RSS
     let before = proc_kb("/proc/self/status", "VmRSS:")?;
     work();
@@ -23,14 +23,18 @@ unsafe extern "C" {
     fn mallopt(param: i32, value: i32) -> i32;
 }
 
+/// glibc raises its mmap threshold after large frees, after which freed tensors stay resident and
+/// peaks stop measuring live memory; a fixed threshold (M_MMAP_THRESHOLD = −3) keeps large buffers
+/// mmapped and returned on free.
+pub fn fix_mmap_threshold() {
+    // SAFETY: mallopt only changes allocator tuning.
+    unsafe { mallopt(-3, 256 * 1024) };
+}
+
 /// Estimated peak bytes of a training step at `batch` samples, from steps at 4 and 8 samples
 /// (`step(n)` runs one forward/backward with n samples). None where it cannot be measured.
 pub fn estimate_step_bytes(batch: usize, mut step: impl FnMut(usize)) -> Option<u64> {
-    // glibc raises its mmap threshold after large frees, after which freed tensors stay resident
-    // and peaks stop measuring live memory; a fixed threshold (M_MMAP_THRESHOLD = −3) keeps large
-    // buffers mmapped and returned on free.
-    // SAFETY: mallopt only changes allocator tuning; called before the loader threads start.
-    unsafe { mallopt(-3, 256 * 1024) };
+    fix_mmap_threshold();
     step(4); // warm-up: first-call allocations are not per-sample cost
     let small = peak_growth(|| step(4))?;
     let large = peak_growth(|| step(8))?;

@@ -130,7 +130,7 @@ struct State {
     probe: Option<(nn::VarStore, LinearProbe, AdamW)>,
 }
 
-fn trainable(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+pub fn trainable(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars

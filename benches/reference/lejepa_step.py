@@ -1,0 +1,236 @@
+"""The PyTorch reference that `lejepa bench` runs side by side with lejepa.
+
+The same LeJEPA step written the way the official code and MINIMAL.md write it: a timm backbone,
+a torchvision MLP projector, MINIMAL.md's SIGReg (with the library's step-seeded directions),
+Algorithm 2's loss, torch.optim.AdamW, bf16 through torch.autocast; and for the whole pipeline a
+torchvision v2 multi-crop transform behind a DataLoader with workers.
+
+  python benches/reference/lejepa_step.py model --arch vit --precision f32 --batch 128 --reps 5 --steps 3
+  python benches/reference/lejepa_step.py sigreg --n 1024 --m 1024 --views 8 --reps 5
+  python benches/reference/lejepa_step.py pipeline --arch vit --batch 128 --steps 20 --workers 2
+  python benches/reference/lejepa_step.py views --batch 128 --batches 20 --workers 2
+
+Prints one JSON line: per-repetition throughput, FLOPs of one step (FlopCounterMode), peak memory.
+"""
+import argparse, gzip, json, os, time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import timm
+import torchvision
+from torchvision.transforms import v2
+
+
+def peak_growth(fn):
+    """Peak resident bytes of fn() above the resident size before it (Linux /proc)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    rss = lambda field: int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1]) * 1024
+    before = rss("VmRSS:")
+    fn()
+    return rss("VmHWM:") - before
+
+
+class SIGReg(nn.Module):
+    """MINIMAL.md's SIGReg; directions from a generator seeded by the step, as the library does."""
+
+    def __init__(self, knots=17, t_max=3.0, slices=256):
+        super().__init__()
+        t = torch.linspace(0, t_max, knots, dtype=torch.float32)
+        dt = t_max / (knots - 1)
+        weights = torch.full((knots,), 2 * dt, dtype=torch.float32)
+        weights[[0, -1]] = dt
+        window = torch.exp(-t.square() / 2.0)
+        self.slices = slices
+        self.register_buffer("t", t)
+        self.register_buffer("phi", window)
+        self.register_buffer("weights", weights * window)
+
+    def forward(self, proj, step):
+        g = torch.Generator(device=proj.device).manual_seed(step)
+        A = torch.randn(proj.size(-1), self.slices, device=proj.device, generator=g)
+        A = A.div_(A.norm(p=2, dim=0))
+        x_t = (proj @ A).unsqueeze(-1) * self.t
+        err = (x_t.cos().mean(-3) - self.phi).square() + x_t.sin().mean(-3).square()
+        statistic = (err @ self.weights) * proj.size(-2)
+        return statistic.mean()
+
+
+def backbone(arch, in_chans, img_size):
+    if arch == "vit":  # lejepa's vit-tiny-patch4-depth6
+        return timm.models.vision_transformer.VisionTransformer(
+            img_size=img_size, patch_size=4, in_chans=in_chans, num_classes=0, embed_dim=192, depth=6,
+            num_heads=3, dynamic_img_size=True)
+    model = timm.create_model("resnet18", num_classes=0, in_chans=in_chans)  # lejepa's resnet18-small
+    model.conv1 = nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+class LeJEPA(nn.Module):
+    def __init__(self, arch, in_chans, img_size, projector=(512, 512, 64), lamb=0.05, slices=256):
+        super().__init__()
+        self.backbone = backbone(arch, in_chans, img_size)
+        self.projector = torchvision.ops.MLP(self.backbone.num_features, list(projector), norm_layer=nn.BatchNorm1d)
+        self.sigreg = SIGReg(slices=slices)
+        self.lamb = lamb
+
+    def loss(self, global_views, local_views, n, step, bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            emb = [self.backbone(global_views)] + ([self.backbone(local_views)] if local_views is not None else [])
+            z = self.projector(torch.cat(emb))
+        z = z.float().view(-1, n, z.size(-1))
+        vg = global_views.size(0) // n
+        inv = (z[:vg].mean(0) - z).square().mean()  # Algorithm 2: all views predict the global centre
+        return (1 - self.lamb) * inv + self.lamb * self.sigreg(z, step)
+
+
+def model_step_bench(a):
+    torch.manual_seed(0)
+    model = LeJEPA(a.arch, 1, a.global_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    n = a.batch
+    g = torch.randn(a.global_views * n, 1, a.global_size, a.global_size)
+    l = torch.randn(a.local_views * n, 1, a.local_size, a.local_size) if a.local_views else None
+    bf16 = a.precision == "bf16"
+
+    def step(i):
+        loss = model.loss(g, l, n, i, bf16)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(0)
+    step(1)
+    times = []
+    memory = peak_growth(lambda: step(2))
+    for r in range(a.reps):
+        t0 = time.perf_counter()
+        for i in range(a.steps):
+            step(3 + r * a.steps + i)
+        times.append((time.perf_counter() - t0) / a.steps)
+    return {"images_per_second": [n / t for t in times], "step_seconds": times, "flops_per_step": counter.get_total_flops(),
+            "peak_bytes": memory}
+
+
+def sigreg_bench(a):
+    torch.manual_seed(0)
+    sig = SIGReg(slices=a.m)
+    z = torch.randn(a.views, a.n, a.dim, requires_grad=True)
+
+    def run(i):
+        sig(z, i).backward()
+
+    run(0)
+    memory = peak_growth(lambda: run(1))
+    times = []
+    for r in range(a.reps):
+        t0 = time.perf_counter()
+        run(2 + r)
+        times.append(time.perf_counter() - t0)
+    return {"seconds": times, "peak_bytes": memory}
+
+
+def read_idx(path):
+    with gzip.open(path) as f:
+        data = f.read()
+    n, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in (4, 8, 12))
+    return torch.from_numpy(np.frombuffer(data, np.uint8, offset=16).reshape(n, 1, rows, cols).copy())
+
+
+class MultiCrop(torch.utils.data.Dataset):
+    """The official README's recipe in torchvision v2 (grayscale: brightness/contrast jitter only)."""
+
+    def __init__(self, images, a, mean, std):
+        self.images = images
+
+        def view(size, scale):
+            return v2.Compose([
+                v2.RandomResizedCrop(size, scale=scale, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8),
+                v2.RandomApply([v2.GaussianBlur(max(3, (size // 10) | 1), sigma=(0.1, 2.0))], p=0.5),
+                v2.RandomSolarize(128, p=0.2),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize([mean], [std]),
+            ])
+
+        self.global_view, self.local_view = view(a.global_size, (0.3, 1.0)), view(a.local_size, (0.05, 0.3))
+        self.vg, self.vl = a.global_views, a.local_views
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = self.images[i]
+        return [self.global_view(img) for _ in range(self.vg)], [self.local_view(img) for _ in range(self.vl)]
+
+
+def loader(a):
+    images = read_idx("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+    mean, std = images[:5000].float().div(255).mean().item(), images[:5000].float().div(255).std().item()
+    return torch.utils.data.DataLoader(MultiCrop(images, a, mean, std), batch_size=a.batch, shuffle=True, drop_last=True,
+                                       num_workers=a.workers, persistent_workers=a.workers > 0)
+
+
+def views_bench(a):
+    it = iter(loader(a))
+    next(it)  # workers started
+    t0 = time.perf_counter()
+    for _ in range(a.batches):
+        next(it)
+    elapsed = time.perf_counter() - t0
+    return {"views_per_second": a.batches * a.batch * (a.global_views + a.local_views) / elapsed}
+
+
+def pipeline_bench(a):
+    torch.manual_seed(0)
+    model = LeJEPA(a.arch, 1, a.global_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    it = iter(loader(a))
+    bf16 = a.precision == "bf16"
+    wait = 0.0
+    t0 = None
+    for i in range(a.steps + 1):
+        if i == 1:
+            t0, wait = time.perf_counter(), 0.0  # first step: worker start-up, excluded
+        w0 = time.perf_counter()
+        g, l = next(it)
+        wait += time.perf_counter() - w0
+        g, l = torch.cat(g), (torch.cat(l) if l else None)  # view-major, as lejepa's loader
+        loss = model.loss(g, l, a.batch, i, bf16)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    elapsed = time.perf_counter() - t0
+    return {"images_per_second": a.steps * a.batch / elapsed, "data_wait_fraction": wait / elapsed}
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["model", "sigreg", "pipeline", "views"])
+    p.add_argument("--arch", choices=["vit", "resnet"], default="vit")
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--global-views", type=int, default=2)
+    p.add_argument("--local-views", type=int, default=4)
+    p.add_argument("--global-size", type=int, default=28)
+    p.add_argument("--local-size", type=int, default=12)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--n", type=int, default=1024)
+    p.add_argument("--m", type=int, default=1024)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--views", type=int, default=8)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    result = {"model": model_step_bench, "sigreg": sigreg_bench, "pipeline": pipeline_bench, "views": views_bench}[a.mode](a)
+    result["torch"] = torch.__version__
+    print(json.dumps(result))

@@ -1,0 +1,308 @@
+//! `lejepa bench`: lejepa against the PyTorch reference (benches/reference/lejepa_step.py) on the
+//! same shapes and threads, in one invocation, with ratios; plus the machine's GEMM peak, so each
+//! step's FLOPs (counted by PyTorch's FlopCounterMode on the reference) become a fraction of peak.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::augment::MultiCrop;
+use crate::data::loader::{Loader, LoaderConfig};
+use crate::models::{Arch, Encoder};
+use crate::objective::LeJepaObjective;
+use crate::sigreg::SigReg;
+use crate::train::memory::peak_growth;
+use crate::train::optim::AdamW;
+use crate::train::{lejepa_forward, trainable};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Workloads, comma-separated: gemm, model, pipeline, sigreg, views.
+    #[arg(long, value_delimiter = ',', default_value = "gemm,model,pipeline,sigreg,views")]
+    workloads: Vec<String>,
+    /// Timed repetitions per row (median and spread are reported), and steps per repetition.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    #[arg(long, default_value_t = 2)]
+    steps: usize,
+    /// Intra-op threads for both sides, and data-loading workers for the pipeline rows.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Images per step (before multi-crop: 2 global 28 px + 4 local 12 px views each).
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Python with torch, timm and torchvision (scripts/setup --python).
+    #[arg(long, default_value = ".venv/bin/python")]
+    python: PathBuf,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 }
+}
+
+fn spread(values: &[f64]) -> (f64, f64) {
+    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+/// Runs the reference script and parses its JSON line.
+fn reference(args: &Args, mode: &str, extra: &[String]) -> Result<Value> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/reference/lejepa_step.py");
+    let out = Command::new(&args.python)
+        .env("MALLOC_MMAP_THRESHOLD_", "262144") // as lejepa's own process: peaks measure live memory
+        .arg(&script)
+        .arg(mode)
+        .args(["--threads", &args.threads.to_string(), "--reps", &args.reps.to_string(), "--steps", &args.steps.to_string()])
+        .args(["--batch", &args.batch_size.to_string(), "--workers", &args.workers.to_string()])
+        .args(extra)
+        .output()
+        .with_context(|| format!("running {} (scripts/setup --python installs its packages)", args.python.display()))?;
+    ensure!(out.status.success(), "reference {mode} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(serde_json::from_str(stdout.lines().last().context("reference printed nothing")?)?)
+}
+
+/// FLOP/s of a square matmul, best of 3.
+fn gemm_peak(kind: Kind) -> f64 {
+    let n = 3072;
+    let (a, b) = (Tensor::randn([n, n], (Kind::Float, Device::Cpu)).to_kind(kind), Tensor::randn([n, n], (Kind::Float, Device::Cpu)).to_kind(kind));
+    let _ = a.matmul(&b);
+    (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = a.matmul(&b);
+            2.0 * (n as f64).powi(3) / t.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max)
+}
+
+struct Row {
+    name: String,
+    unit: &'static str,
+    ours: Vec<f64>,
+    theirs: Option<Vec<f64>>,
+    ours_bytes: Option<u64>,
+    theirs_bytes: Option<u64>,
+    /// (ours, reference) fraction of the GEMM peak.
+    peak_fraction: Option<(f64, f64)>,
+    note: String,
+}
+
+impl Row {
+    /// ours / reference, higher is better for throughputs (images/s, views/s), inverted for seconds.
+    fn ratio(&self) -> Option<f64> {
+        let theirs = median(self.theirs.as_ref()?);
+        let ours = median(&self.ours);
+        Some(if self.unit == "s" { theirs / ours } else { ours / theirs })
+    }
+
+    fn to_json(&self) -> Value {
+        json!({"workload": self.name, "unit": self.unit, "ours": self.ours, "reference": self.theirs, "ratio": self.ratio(),
+               "ours_peak_bytes": self.ours_bytes, "reference_peak_bytes": self.theirs_bytes,
+               "ours_peak_fraction": self.peak_fraction.map(|p| p.0), "reference_peak_fraction": self.peak_fraction.map(|p| p.1),
+               "note": self.note})
+    }
+}
+
+/// The cpu-small preset's step on pre-made tensors: (images/s per repetition, peak bytes of one step).
+fn our_model_step(args: &Args, arch: &str, bf16: bool) -> Result<(Vec<f64>, Option<u64>)> {
+    tch::manual_seed(0);
+    let n = args.batch_size as i64;
+    let encoder = Encoder::new(Device::Cpu, Arch::from_name(arch)?, 1, 28, 0.0, &[512, 512, 64])?;
+    let objective = LeJepaObjective::new(0.05, SigReg { slices: 256, ..SigReg::default() })?;
+    let mut optimizer = AdamW::new(trainable(&encoder.vs), 0.05);
+    let global = Tensor::randn([2 * n, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let local = Tensor::randn([4 * n, 1, 12, 12], (Kind::Float, Device::Cpu));
+    let mut step = |i: u64| -> Result<()> {
+        optimizer.zero_grad();
+        lejepa_forward(&encoder, &objective, &global, Some(&local), 2, i, bf16, true)?.0.loss.backward();
+        optimizer.step(1e-3);
+        Ok(())
+    };
+    step(0)?;
+    step(1)?;
+    let mut result = Ok(());
+    let bytes = peak_growth(|| result = step(2));
+    result?;
+    let mut rates = Vec::new();
+    for r in 0..args.reps {
+        let t = Instant::now();
+        for i in 0..args.steps {
+            step((3 + r * args.steps + i) as u64)?;
+        }
+        rates.push(args.batch_size as f64 * args.steps as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok((rates, bytes))
+}
+
+/// The whole pipeline on Fashion-MNIST: loader workers + training steps (first step excluded).
+fn our_pipeline(args: &Args, steps: usize) -> Result<(f64, f64)> {
+    let dataset = crate::data::open("fashion-mnist", &Default::default())?;
+    let mut crop = MultiCrop::lejepa(28, 4, 2, 4);
+    (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, 1);
+    let loader = Loader::new(
+        Arc::new(dataset.train),
+        Arc::new(crop),
+        LoaderConfig { batch_size: args.batch_size, batches_per_epoch: 60000 / args.batch_size, seed: 0, start: (0, 0), workers: args.workers, prefetch: 2 },
+    )?;
+    tch::manual_seed(0);
+    let encoder = Encoder::new(Device::Cpu, Arch::from_name("vit-tiny-patch4-depth6")?, 1, 28, 0.0, &[512, 512, 64])?;
+    let objective = LeJepaObjective::new(0.05, SigReg { slices: 256, ..SigReg::default() })?;
+    let mut optimizer = AdamW::new(trainable(&encoder.vs), 0.05);
+    let (mut started, mut wait) = (Instant::now(), 0.0);
+    for i in 0..=steps {
+        if i == 1 {
+            (started, wait) = (Instant::now(), 0.0);
+        }
+        let w = Instant::now();
+        let batch = loader.next();
+        wait += w.elapsed().as_secs_f64();
+        optimizer.zero_grad();
+        lejepa_forward(&encoder, &objective, &batch.global, batch.local.as_ref(), 2, i as u64, false, true)?.0.loss.backward();
+        optimizer.step(1e-3);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok((steps as f64 * args.batch_size as f64 / elapsed, wait / elapsed))
+}
+
+/// Views per second of the loader alone.
+fn our_views(args: &Args, batches: usize) -> Result<f64> {
+    let dataset = crate::data::open("fashion-mnist", &Default::default())?;
+    let mut crop = MultiCrop::lejepa(28, 4, 2, 4);
+    (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, 1);
+    let loader = Loader::new(
+        Arc::new(dataset.train),
+        Arc::new(crop),
+        LoaderConfig { batch_size: args.batch_size, batches_per_epoch: 60000 / args.batch_size, seed: 0, start: (0, 0), workers: args.workers, prefetch: 2 },
+    )?;
+    let _ = loader.next();
+    let t = Instant::now();
+    for _ in 0..batches {
+        let _ = loader.next();
+    }
+    Ok((batches * args.batch_size * 6) as f64 / t.elapsed().as_secs_f64())
+}
+
+pub fn run(args: Args) -> Result<()> {
+    tch::set_num_threads(args.threads as i32);
+    crate::train::memory::fix_mmap_threshold();
+    let wants = |w: &str| args.workloads.iter().any(|x| x == w);
+    let mut rows: Vec<Row> = Vec::new();
+    let (mut peak_f32, mut peak_bf16) = (None, None);
+    if wants("gemm") || wants("model") {
+        let (f32_peak, bf16_peak) = (gemm_peak(Kind::Float), gemm_peak(Kind::BFloat16));
+        println!("GEMM peak (3072³, {} threads): f32 {:.1} GFLOP/s, bf16 {:.1} GFLOP/s", args.threads, f32_peak / 1e9, bf16_peak / 1e9);
+        (peak_f32, peak_bf16) = (Some(f32_peak), Some(bf16_peak));
+    }
+    if wants("model") {
+        for (arch, ref_arch) in [("vit-tiny-patch4-depth6", "vit"), ("resnet18-small", "resnet")] {
+            for precision in ["f32", "bf16"] {
+                eprintln!("model step: {arch} {precision} …");
+                let (ours, ours_bytes) = our_model_step(&args, arch, precision == "bf16")?;
+                let theirs = reference(&args, "model", &["--arch".into(), ref_arch.into(), "--precision".into(), precision.into()])?;
+                let their_rates: Vec<f64> = serde_json::from_value(theirs["images_per_second"].clone())?;
+                let flops = theirs["flops_per_step"].as_f64().unwrap_or(0.0);
+                let peak = if precision == "bf16" { peak_bf16 } else { peak_f32 }.unwrap();
+                let fraction = |rate: f64| flops * rate / args.batch_size as f64 / peak;
+                rows.push(Row {
+                    name: format!("(a) model step {arch} {precision}"),
+                    unit: "img/s",
+                    peak_fraction: Some((fraction(median(&ours)), fraction(median(&their_rates)))),
+                    ours,
+                    theirs: Some(their_rates),
+                    ours_bytes,
+                    theirs_bytes: theirs["peak_bytes"].as_u64(),
+                    note: format!("{:.1} GFLOP/step (FlopCounterMode)", flops / 1e9),
+                });
+            }
+        }
+    }
+    if wants("pipeline") {
+        let steps = (args.reps * args.steps).max(4);
+        eprintln!("pipeline: {steps} steps each …");
+        let (ours, wait) = our_pipeline(&args, steps)?;
+        let theirs = reference(&args, "pipeline", &["--steps".into(), steps.to_string()])?;
+        rows.push(Row {
+            name: "(b) pipeline vit-tiny-patch4-depth6 f32, Fashion-MNIST".into(),
+            unit: "img/s",
+            ours: vec![ours],
+            theirs: Some(vec![theirs["images_per_second"].as_f64().unwrap_or(f64::NAN)]),
+            ours_bytes: None,
+            theirs_bytes: None,
+            peak_fraction: None,
+            note: format!("data wait: ours {:.1}%, reference {:.1}%", 100.0 * wait, 100.0 * theirs["data_wait_fraction"].as_f64().unwrap_or(f64::NAN)),
+        });
+    }
+    if wants("views") {
+        eprintln!("loader views/s …");
+        let ours: Vec<f64> = (0..args.reps).map(|_| our_views(&args, 10)).collect::<Result<_>>()?;
+        let theirs: Vec<f64> = (0..args.reps)
+            .map(|_| reference(&args, "views", &["--batches".into(), "10".into()]).map(|v| v["views_per_second"].as_f64().unwrap_or(f64::NAN)))
+            .collect::<Result<_>>()?;
+        rows.push(Row { name: format!("(d) loader, {} workers, 2×28 + 4×12 px views", args.workers), unit: "views/s", ours, theirs: Some(theirs), ours_bytes: None, theirs_bytes: None, peak_fraction: None, note: String::new() });
+    }
+    if wants("sigreg") {
+        let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+            t.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
+        });
+        for (n, m) in [(256, 256), (1024, 1024), (4096, 256), (256, 4096), (4096, 1024), (4096, 4096)] {
+            eprintln!("SIGReg N {n} M {m} …");
+            let sigreg = SigReg { slices: m, ..SigReg::default() };
+            let z = Tensor::randn([8, n, 64], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+            let run = |step: u64| sigreg.forward(&z, step).mean(None::<Kind>).backward();
+            run(0);
+            let ours_bytes = peak_growth(|| run(1));
+            let ours: Vec<f64> = (0..args.reps)
+                .map(|r| {
+                    let t = Instant::now();
+                    run(2 + r as u64);
+                    t.elapsed().as_secs_f64()
+                })
+                .collect();
+            // The reference keeps several [8, N, M, 17] f32 tensors alive; skip it where they cannot fit.
+            let reference_bytes = 8 * n as u64 * m as u64 * 17 * 4 * 6;
+            let (theirs, theirs_bytes, note) = if available.is_some_and(|kb| reference_bytes > kb * 1024 * 8 / 10) {
+                (None, None, format!("reference needs ≈{:.0} GB: not run", reference_bytes as f64 / 1e9))
+            } else {
+                let v = reference(&args, "sigreg", &["--n".into(), n.to_string(), "--m".into(), m.to_string()])?;
+                (Some(serde_json::from_value(v["seconds"].clone())?), v["peak_bytes"].as_u64(), String::new())
+            };
+            rows.push(Row { name: format!("(c) SIGReg fwd+bwd V 8, N {n}, M {m}"), unit: "s", ours, theirs, ours_bytes, theirs_bytes, peak_fraction: None, note });
+        }
+    }
+
+    println!("\n{:<52} {:>8} {:>22} {:>22} {:>7} {:>19} {:>13}  note", "workload", "unit", "lejepa median [min–max]", "PyTorch median [min–max]", "ratio", "peak MB ours/ref", "% GEMM peak");
+    for row in &rows {
+        let cell = |v: &[f64]| {
+            let (lo, hi) = spread(v);
+            format!("{:.3} [{:.3}–{:.3}]", median(v), lo, hi)
+        };
+        let mb = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.0}", b as f64 / 1e6));
+        println!(
+            "{:<52} {:>8} {:>22} {:>22} {:>7} {:>19} {:>13}  {}",
+            row.name,
+            row.unit,
+            cell(&row.ours),
+            row.theirs.as_deref().map_or("-".to_string(), cell),
+            row.ratio().map_or("-".to_string(), |r| format!("{r:.2}×")),
+            format!("{}/{}", mb(row.ours_bytes), mb(row.theirs_bytes)),
+            row.peak_fraction.map_or("-".to_string(), |(a, b)| format!("{:.0}%/{:.0}%", 100.0 * a, 100.0 * b)),
+            row.note
+        );
+    }
+    if args.json {
+        println!("{}", json!({"threads": args.threads, "gemm_peak_f32": peak_f32, "gemm_peak_bf16": peak_bf16, "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>()}));
+    }
+    Ok(())
+}
