@@ -38,6 +38,12 @@ pub struct Args {
     /// Images per step (before multi-crop: 2 global 28 px + 4 local 12 px views each).
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    /// Architectures of the model-step rows (lejepa names; the reference builds the same network).
+    #[arg(long, value_delimiter = ',', default_value = "vit-tiny-patch4-depth6,resnet18-small")]
+    model_archs: Vec<String>,
+    /// Precisions of the model-step rows.
+    #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
+    precisions: Vec<String>,
     /// Python with torch, timm and torchvision (scripts/setup --python).
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
@@ -206,8 +212,13 @@ pub fn run(args: Args) -> Result<()> {
         (peak_f32, peak_bf16) = (Some(f32_peak), Some(bf16_peak));
     }
     if wants("model") {
-        for (arch, ref_arch) in [("vit-tiny-patch4-depth6", "vit"), ("resnet18-small", "resnet")] {
-            for precision in ["f32", "bf16"] {
+        for arch in &args.model_archs {
+            let ref_arch = match arch.as_str() {
+                "vit-tiny-patch4-depth6" => "vit",
+                "resnet18-small" => "resnet",
+                other => anyhow::bail!("--model-archs: the reference has vit-tiny-patch4-depth6 and resnet18-small, not {other}"),
+            };
+            for precision in args.precisions.iter().map(String::as_str) {
                 eprintln!("model step: {arch} {precision} …");
                 let (ours, ours_bytes) = our_model_step(&args, arch, precision == "bf16")?;
                 let theirs = reference(&args, "model", &["--arch".into(), ref_arch.into(), "--precision".into(), precision.into()])?;

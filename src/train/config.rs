@@ -48,6 +48,9 @@ pub struct Config {
     /// View sizes in pixels; default: the image size (at most 224) and 3/7 of it.
     pub global_size: Option<usize>,
     pub local_size: Option<usize>,
+    /// A complete view recipe (the format of a run's augment.toml: every crop, jitter, blur and
+    /// normalisation parameter) used instead of the one above.
+    pub augment_file: Option<PathBuf>,
     pub seed: u64,
     /// cpu, cuda or cuda:N.
     pub device: String,
@@ -95,6 +98,7 @@ impl Config {
             local_views: 4,
             global_size: None,
             local_size: None,
+            augment_file: None,
             seed: 0,
             device: "cpu".into(),
             precision: "f32".into(),
@@ -180,6 +184,13 @@ impl Config {
             Arch::Vit { patch, .. } => patch as usize,
             Arch::Resnet { .. } => 1,
         };
+        if let Some(path) = &self.augment_file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the view recipe", path.display()))?;
+            let crop: MultiCrop = toml::from_str(&text).with_context(|| format!("{}: invalid view recipe", path.display()))?;
+            ensure!(crop.mean.len() == dataset.channels && crop.std.len() == dataset.channels, "{}: mean/std need {} channel(s)", path.display(), dataset.channels);
+            ensure!(crop.global.size % multiple_of == 0 && crop.local.size % multiple_of == 0, "{}: view sizes must be multiples of the patch size {multiple_of}", path.display());
+            return Ok(crop);
+        }
         let first = &dataset.train.images[0];
         let image_size = first.width.min(first.height);
         let mut crop = match self.augment.as_str() {
@@ -255,6 +266,9 @@ pub struct ConfigArgs {
     pub global_size: Option<usize>,
     #[arg(long)]
     pub local_size: Option<usize>,
+    /// A complete view recipe in the format of a run's augment.toml.
+    #[arg(long)]
+    pub augment_file: Option<PathBuf>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// cpu, cuda or cuda:N.
@@ -293,7 +307,7 @@ impl ConfigArgs {
         macro_rules! set_option {
             ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field.clone(); } )* };
         }
-        set_option!(max_steps, global_size, local_size, threads, eval_images);
+        set_option!(max_steps, global_size, local_size, augment_file, threads, eval_images);
         if let Some(spec) = &self.data.data {
             c.data = spec.clone();
         }

@@ -1,0 +1,73 @@
+//! `lejepa views`: the picture of the training views, and a custom view recipe (--augment-file).
+
+use std::process::Command;
+
+#[test]
+fn views_are_drawn_with_the_configured_recipe() {
+    let dir = std::env::temp_dir().join(format!("lejepa-views-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join("views.png");
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+            .args(["views", "--data", "digits", "--rows", "3", "--arch", "resnet18-small", "--out", png.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let stdout = run(&[]);
+    assert!(stdout.contains("2 global views (8 px) then 4 local views (3 px)"), "{stdout}");
+    // 3 rows of 6 views, each cell 96 px (8 px zoomed 12×) + 2 px padding.
+    let image = image::open(&png).unwrap();
+    assert_eq!((image.width(), image.height()), (6 * 98 + 2, 3 * 98 + 2));
+
+    // A recipe file in augment.toml's format replaces the preset's recipe entirely.
+    let recipe = r#"
+global_views = 1
+local_views = 1
+mean = [0.3]
+std = [0.3]
+[global]
+size = 16
+scale = [0.5, 1.0]
+ratio = [0.75, 1.3333]
+flip_p = 0.0
+jitter_p = 0.0
+brightness = 0.4
+contrast = 0.4
+saturation = 0.0
+hue = 0.0
+grayscale_p = 0.0
+blur_p = 0.0
+blur_sigma = [0.1, 2.0]
+blur_kernel = 3
+solarize_p = 0.0
+[local]
+size = 4
+scale = [0.1, 0.3]
+ratio = [0.75, 1.3333]
+flip_p = 0.5
+jitter_p = 0.0
+brightness = 0.4
+contrast = 0.4
+saturation = 0.0
+hue = 0.0
+grayscale_p = 0.0
+blur_p = 0.0
+blur_sigma = [0.1, 2.0]
+blur_kernel = 3
+solarize_p = 0.0
+"#;
+    let path = dir.join("recipe.toml");
+    std::fs::write(&path, recipe).unwrap();
+    let stdout = run(&["--augment-file", path.to_str().unwrap()]);
+    assert!(stdout.contains("1 global views (16 px) then 1 local views (4 px)"), "{stdout}");
+    std::fs::write(&path, recipe.replace("size = 16", "sise = 16")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+        .args(["views", "--data", "digits", "--augment-file", path.to_str().unwrap(), "--out", png.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("recipe.toml") && stderr.contains("sise"), "{stderr}");
+}
