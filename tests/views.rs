@@ -23,42 +23,11 @@ fn views_are_drawn_with_the_configured_recipe() {
     assert_eq!((image.width(), image.height()), (6 * 98 + 2, 3 * 98 + 2));
 
     // A recipe file in augment.toml's format replaces the preset's recipe entirely.
-    let recipe = r#"
-global_views = 1
-local_views = 1
-mean = [0.3]
-std = [0.3]
-[global]
-size = 16
-scale = [0.5, 1.0]
-ratio = [0.75, 1.3333]
-flip_p = 0.0
-jitter_p = 0.0
-brightness = 0.4
-contrast = 0.4
-saturation = 0.0
-hue = 0.0
-grayscale_p = 0.0
-blur_p = 0.0
-blur_sigma = [0.1, 2.0]
-blur_kernel = 3
-solarize_p = 0.0
-[local]
-size = 4
-scale = [0.1, 0.3]
-ratio = [0.75, 1.3333]
-flip_p = 0.5
-jitter_p = 0.0
-brightness = 0.4
-contrast = 0.4
-saturation = 0.0
-hue = 0.0
-grayscale_p = 0.0
-blur_p = 0.0
-blur_sigma = [0.1, 2.0]
-blur_kernel = 3
-solarize_p = 0.0
-"#;
+    let mut crop = lejepa::data::augment::MultiCrop::lejepa(16, 1, 1, 1);
+    crop.local.size = 4;
+    (crop.mean, crop.std) = (vec![0.3], vec![0.3]);
+    let recipe = toml::to_string(&crop).unwrap();
+    assert!(recipe.contains("size = 16"), "{recipe}");
     let path = dir.join("recipe.toml");
     std::fs::write(&path, recipe).unwrap();
     let stdout = run(&["--augment-file", path.to_str().unwrap()]);

@@ -152,16 +152,19 @@ fn our_model_step(args: &Args, arch: &str, bf16: bool) -> Result<(Vec<f64>, Opti
     Ok((rates, bytes))
 }
 
-/// The whole pipeline on Fashion-MNIST: loader workers + training steps (first step excluded).
-fn our_pipeline(args: &Args, steps: usize) -> Result<(f64, f64)> {
+/// The cpu-small views of Fashion-MNIST, as training loads them.
+fn fashion_mnist_loader(args: &Args) -> Result<Loader> {
     let dataset = crate::data::open("fashion-mnist", &Default::default())?;
     let mut crop = MultiCrop::lejepa(28, 4, 2, 4);
     (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, 1);
-    let loader = Loader::new(
-        Arc::new(dataset.train),
-        Arc::new(crop),
-        LoaderConfig { batch_size: args.batch_size, batches_per_epoch: 60000 / args.batch_size, seed: 0, start: (0, 0), workers: args.workers, prefetch: 2 },
-    )?;
+    let batches_per_epoch = dataset.train.len() / args.batch_size;
+    let config = LoaderConfig { batch_size: args.batch_size, batches_per_epoch, seed: 0, start: (0, 0), workers: args.workers, prefetch: 2 };
+    Loader::new(Arc::new(dataset.train), Arc::new(crop), config)
+}
+
+/// The whole pipeline on Fashion-MNIST: loader workers + training steps (first step excluded).
+fn our_pipeline(args: &Args, steps: usize) -> Result<(f64, f64)> {
+    let loader = fashion_mnist_loader(args)?;
     tch::manual_seed(0);
     let encoder = Encoder::new(Device::Cpu, Arch::from_name("vit-tiny-patch4-depth6")?, 1, 28, 0.0, &[512, 512, 64])?;
     let objective = LeJepaObjective::new(0.05, SigReg { slices: 256, ..SigReg::default() })?;
@@ -184,14 +187,7 @@ fn our_pipeline(args: &Args, steps: usize) -> Result<(f64, f64)> {
 
 /// Views per second of the loader alone.
 fn our_views(args: &Args, batches: usize) -> Result<f64> {
-    let dataset = crate::data::open("fashion-mnist", &Default::default())?;
-    let mut crop = MultiCrop::lejepa(28, 4, 2, 4);
-    (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, 1);
-    let loader = Loader::new(
-        Arc::new(dataset.train),
-        Arc::new(crop),
-        LoaderConfig { batch_size: args.batch_size, batches_per_epoch: 60000 / args.batch_size, seed: 0, start: (0, 0), workers: args.workers, prefetch: 2 },
-    )?;
+    let loader = fashion_mnist_loader(args)?;
     let _ = loader.next();
     let t = Instant::now();
     for _ in 0..batches {
