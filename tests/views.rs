@@ -29,7 +29,7 @@ fn views_are_drawn_with_the_configured_recipe() {
     let recipe = toml::to_string(&crop).unwrap();
     assert!(recipe.contains("size = 16"), "{recipe}");
     let path = dir.join("recipe.toml");
-    std::fs::write(&path, recipe).unwrap();
+    std::fs::write(&path, &recipe).unwrap();
     let stdout = run(&["--augment-file", path.to_str().unwrap()]);
     assert!(stdout.contains("1 global views (16 px) then 1 local views (4 px)"), "{stdout}");
     std::fs::write(&path, recipe.replace("size = 16", "sise = 16")).unwrap();

@@ -199,7 +199,7 @@ mod tests {
         let labels: Vec<i64> = (0..400).map(|i| i % 5).collect();
         let one_hot = Tensor::from_slice(&labels).one_hot(5).to_kind(Kind::Float);
         let noise = Tensor::randn([400, 27], (Kind::Float, Device::Cpu));
-        let features = Tensor::cat(&[one_hot * 3.0, noise], 1);
+        let features = Tensor::cat(&[one_hot * 3.0, noise * 0.3], 1);
         let (train, test) = (features.narrow(0, 0, 300), features.narrow(0, 300, 100));
         let settings = ProbeSettings { epochs: 30, ..Default::default() };
         let predicted = linear_probe(&train, &labels[..300], &test, 5, settings).unwrap();
