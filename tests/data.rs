@@ -176,3 +176,36 @@ fn loader_batches_do_not_depend_on_threads_and_resume_exactly() {
     let resumed = loader_batches(2, (0, 1));
     assert!(resumed[0].equal(&one[1]) && resumed[1].equal(&one[2]), "starting at batch 1 gives batches 1, 2, …");
 }
+
+#[test]
+fn elpv_has_its_published_label_counts_and_a_stratified_split() {
+    let Ok(ds) = open("elpv", &OpenOptions::default()) else {
+        panic!("ELPV is not installed: scripts/test runs scripts/setup --elpv");
+    };
+    assert_eq!(ds.train.len() + ds.test.len(), 2624);
+    let all: Vec<i64> = ds.train.labels.clone().unwrap().into_iter().chain(ds.test.labels.clone().unwrap()).collect();
+    // labels.csv: defect probability 0 / 1/3 / 2/3 / 1 → 1,508 / 295 / 106 / 715 cells.
+    assert_eq!(counts(&all, 4), vec![1508, 295, 106, 715]);
+    let test = counts(ds.test.labels.as_ref().unwrap(), 4);
+    for (t, a) in test.iter().zip(counts(&all, 4)) {
+        assert!((*t as f64 - a as f64 * 0.25).abs() <= 2.0, "test split of a class: {t} of {a}");
+    }
+    assert_eq!((ds.train.images[0].width, ds.train.images[0].height, ds.channels), (300, 300, 1));
+    let binary = open("elpv-binary", &OpenOptions::default()).unwrap();
+    assert_eq!(counts(binary.test.labels.as_ref().unwrap(), 2).iter().sum::<usize>(), ds.test.len());
+    assert_eq!(binary.test.labels.as_ref().unwrap().iter().filter(|&&l| l == 0).count(), test[0]);
+}
+
+#[test]
+fn a_validation_split_is_carved_from_train_stratified_and_fixed() {
+    let plain = open("digits", &OpenOptions::default()).unwrap();
+    let with_val = open("digits", &OpenOptions { val_fraction: 0.2, ..Default::default() }).unwrap();
+    assert_eq!(with_val.test.labels, plain.test.labels, "the test split does not move");
+    assert_eq!(with_val.train.len() + with_val.val.len(), plain.train.len());
+    let val = counts(with_val.val.labels.as_ref().unwrap(), 10);
+    for (v, t) in val.iter().zip(counts(plain.train.labels.as_ref().unwrap(), 10)) {
+        assert_eq!(*v, (t as f64 * 0.2).round() as usize);
+    }
+    let again = open("digits", &OpenOptions { val_fraction: 0.2, ..Default::default() }).unwrap();
+    assert_eq!(again.val.images[3].pixels, with_val.val.images[3].pixels);
+}

@@ -15,6 +15,9 @@ pub struct DataArgs {
     /// Test fraction for sources without an official split (stratified, fixed seed; default 0.25).
     #[arg(long)]
     pub test_fraction: Option<f64>,
+    /// Hold this fraction of the training split out as a validation split (stratified, fixed seed).
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
     /// Use a fixed random subset of this many training images.
     #[arg(long)]
     pub train_subset: Option<usize>,
@@ -26,6 +29,7 @@ impl DataArgs {
         let options = OpenOptions {
             skip_bad: self.skip_bad,
             test_fraction: self.test_fraction.unwrap_or(OpenOptions::default().test_fraction),
+            val_fraction: self.val_fraction.unwrap_or(0.0),
             train_subset: self.train_subset,
         };
         let dataset = data::open(self.data.as_deref().unwrap_or(default_spec), &options)?;

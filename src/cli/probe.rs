@@ -27,6 +27,12 @@ enum Baseline {
     Random,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum EvalSplit {
+    Test,
+    Val,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -35,6 +41,9 @@ pub struct Args {
     data: DataArgs,
     #[arg(long, value_enum, default_value = "linear")]
     method: Method,
+    /// Where to measure: the test split, or the validation split (--val-fraction) to tune without touching test.
+    #[arg(long, value_enum, default_value = "test")]
+    eval_split: EvalSplit,
     /// Labeled images per class, comma-separated, e.g. 1,2,5,10,100,all.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     shots: Vec<String>,
@@ -76,11 +85,15 @@ fn summarize(runs: &[Scores]) -> serde_json::Value {
 pub fn run(args: Args) -> Result<()> {
     ensure!(args.model.has_model() || !args.baseline.is_empty(), "give --run or --checkpoint (with --arch), or a --baseline");
     let default_data = args.model.run_config()?.map_or("fashion-mnist".to_string(), |c| c.data);
-    let dataset = args.data.open(&default_data)?;
+    let mut dataset = args.data.open(&default_data)?;
+    if args.eval_split == EvalSplit::Val {
+        ensure!(!dataset.val.is_empty(), "--eval-split val needs a validation split: add --val-fraction (e.g. 0.1)");
+        dataset.test = std::mem::take(&mut dataset.val);
+    }
     let (Some(train_labels), Some(test_labels)) = (&dataset.train.labels, &dataset.test.labels) else {
-        anyhow::bail!("{}: probing needs labels on both the train and the test split", dataset.spec);
+        anyhow::bail!("{}: probing needs labels on both the train and the evaluation split", dataset.spec);
     };
-    ensure!(!dataset.test.is_empty(), "{}: the test split is empty", dataset.spec);
+    ensure!(!dataset.test.is_empty(), "{}: the evaluation split is empty", dataset.spec);
     let classes = dataset.classes.len();
     let settings = ProbeSettings { epochs: args.epochs, batch_size: args.batch_size, lr: args.lr, weight_decay: args.weight_decay, seed: 0 };
 

@@ -32,7 +32,7 @@ pub fn run(args: Args) -> Result<()> {
     let (sg, sl) = (crop.global.size, crop.local.size);
     let zoom = 96usize.div_ceil(sg).max(1); // small images drawn large enough to see
     let pad = 2;
-    let cell = sg * zoom + pad;
+    let cell = sg.max(sl) * zoom + pad;
     let width = crop.views() * cell + pad;
     let height = rows * cell + pad;
     let mut canvas = image::RgbImage::from_pixel(width as u32, height as u32, image::Rgb([255, 255, 255]));

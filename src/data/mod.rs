@@ -67,6 +67,8 @@ pub struct Dataset {
     /// Class names, index = label; empty when unlabeled.
     pub classes: Vec<String>,
     pub train: Split,
+    /// Held out of `train` with `val_fraction` (stratified, fixed seed); empty otherwise.
+    pub val: Split,
     pub test: Split,
     /// Files skipped as unreadable (only with `--skip-bad`).
     pub skipped: Vec<String>,
@@ -79,13 +81,15 @@ pub struct OpenOptions {
     pub skip_bad: bool,
     /// Fraction held out as the test split where the source has no official split.
     pub test_fraction: f64,
+    /// Fraction of the training split held out as a validation split (stratified, fixed seed).
+    pub val_fraction: f64,
     /// Keep only this many training images (a fixed-seed random subset; for quick runs).
     pub train_subset: Option<usize>,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { skip_bad: false, test_fraction: 0.25, train_subset: None }
+        OpenOptions { skip_bad: false, test_fraction: 0.25, val_fraction: 0.0, train_subset: None }
     }
 }
 
@@ -108,6 +112,12 @@ pub fn open(spec: &str, options: &OpenOptions) -> Result<Dataset> {
         _ => bail!("unknown data source '{spec}'; known: {KNOWN_SPECS}"),
     };
     dataset.spec = spec.to_string();
+    if options.val_fraction > 0.0 {
+        let strata = dataset.train.labels.clone().unwrap_or_else(|| vec![0; dataset.train.len()]);
+        let (keep, val) = stratified_split(&strata, options.val_fraction);
+        dataset.val = dataset.train.select(&val);
+        dataset.train = dataset.train.select(&keep);
+    }
     if let Some(n) = options.train_subset {
         if n < dataset.train.len() {
             let mut order: Vec<usize> = (0..dataset.train.len()).collect();

@@ -197,13 +197,16 @@ impl Config {
             "minimal" => MultiCrop::minimal(image_size, multiple_of, self.global_views),
             _ => MultiCrop::lejepa(image_size, multiple_of, self.global_views, self.local_views),
         };
-        if let Some(size) = self.global_size {
-            crop.global.size = size;
-            crop.global.blur_kernel = (size / 10) | 1;
-        }
-        if let Some(size) = self.local_size {
-            crop.local.size = size;
-            crop.local.blur_kernel = (size / 10) | 1;
+        // A global size given alone sets the local size to 3/7 of it, as the default does.
+        let global_size = self.global_size.unwrap_or(crop.global.size);
+        let local_size = self.local_size.unwrap_or(if self.global_size.is_some() {
+            (((global_size as f64 * 3.0 / 7.0) / multiple_of as f64).round() as usize).max(1) * multiple_of
+        } else {
+            crop.local.size
+        });
+        for (recipe, size) in [(&mut crop.global, global_size), (&mut crop.local, local_size)] {
+            recipe.size = size;
+            recipe.blur_kernel = (size / 10) | 1;
         }
         for (kind, size) in [("global", crop.global.size), ("local", crop.local.size)] {
             ensure!(size % multiple_of == 0, "{kind} view size {size} is not a multiple of the patch size {multiple_of} of {}", self.arch);
