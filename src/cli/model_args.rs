@@ -114,6 +114,7 @@ impl ModelArgs {
             crop.mean = vec![crop.mean[0]; 3];
             crop.std = vec![crop.std[0]; 3];
         }
+        // Evaluation needs the backbone only; the projector (a token one here) is never used.
         let mut encoder = Encoder::new(device, arch, in_chans, crop.global.size as i64, 0.0, &[16])?;
         if !random {
             if let Some(path) = &weights {
