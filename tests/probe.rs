@@ -70,6 +70,17 @@ fn probe_a_run_with_few_shots_and_baselines_then_embed_and_diagnose() {
     assert!(rows.contains_key("random init") && rows.contains_key("raw pixels") && rows.len() == 3);
     assert!(Path::new(run).join("probe-digits-linear.json").exists());
 
+    // Another evaluation size than the training one: the position embedding is interpolated, and a
+    // run without augment.toml (older runs, or a bare weights file) is built at its weights' size.
+    std::fs::remove_file(Path::new(run).join("augment.toml")).unwrap();
+    let resized = lejepa_json(&["probe", "--run", run, "--img-size", "16", "--epochs", "5", "--json"]);
+    assert!(resized["accuracy"].as_f64().unwrap() > 0.1);
+    let bare = lejepa_json(&[
+        "probe", "--checkpoint", Path::new(run).join("backbone.safetensors").to_str().unwrap(), "--arch", "vit-tiny-patch4-depth2",
+        "--data", "digits", "--epochs", "5", "--json",
+    ]);
+    assert!(bare["accuracy"].as_f64().unwrap() > 0.1);
+
     let knn = lejepa_json(&["probe", "--run", run, "--method", "knn", "--json"]);
     assert!(knn["accuracy"].as_f64().unwrap() > 0.3, "20-NN on digits features: {knn}");
 

@@ -38,14 +38,20 @@ pub struct Model {
     pub device: Device,
 }
 
-/// Input channels of a timm-named backbone file (first convolution's weight).
-fn weights_in_chans(path: &Path) -> Result<i64> {
+/// What a timm-named backbone file says of its input: channels (first convolution's weight) and,
+/// for a ViT, the image size its position embedding was laid out for (grid × patch, class token assumed).
+fn weights_input(path: &Path, patch: Option<i64>) -> Result<(i64, Option<i64>)> {
     let tensors = Tensor::read_safetensors(path).map_err(|e| anyhow::anyhow!("{}: not a readable safetensors file ({e})", path.display()))?;
-    tensors
-        .iter()
-        .find(|(name, _)| name == "patch_embed.proj.weight" || name == "conv1.weight")
-        .map(|(_, t)| t.size()[1])
-        .with_context(|| format!("{}: neither patch_embed.proj.weight nor conv1.weight found (not a timm ViT/ResNet?)", path.display()))
+    let shape = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.size());
+    let in_chans = shape("patch_embed.proj.weight")
+        .or_else(|| shape("conv1.weight"))
+        .map(|s| s[1])
+        .with_context(|| format!("{}: neither patch_embed.proj.weight nor conv1.weight found (not a timm ViT/ResNet?)", path.display()))?;
+    let img_size = match (shape("pos_embed"), patch) {
+        (Some(s), Some(patch)) => Some((((s[1] - 1) as f64).sqrt().round() as i64) * patch),
+        _ => None,
+    };
+    Ok((in_chans, img_size))
 }
 
 impl ModelArgs {
@@ -85,9 +91,13 @@ impl ModelArgs {
             (Some(run), None) => Some(run.join("backbone.safetensors")),
             (None, None) => None,
         };
-        let in_chans = match &weights {
-            Some(path) => weights_in_chans(path)?,
-            None => dataset.channels as i64,
+        let patch = match arch {
+            Arch::Vit { patch, .. } => Some(patch),
+            Arch::Resnet { .. } => None,
+        };
+        let (in_chans, weights_img_size) = match &weights {
+            Some(path) => weights_input(path, patch)?,
+            None => (dataset.channels as i64, None),
         };
         ensure!(
             in_chans as usize >= dataset.channels,
@@ -95,10 +105,7 @@ impl ModelArgs {
             dataset.spec,
             dataset.channels
         );
-        let multiple = match arch {
-            Arch::Vit { patch, .. } => patch as usize,
-            Arch::Resnet { .. } => 1,
-        };
+        let multiple = patch.unwrap_or(1) as usize;
         let image = &dataset.train.images[0];
         // The size the run was trained at (its global views), whatever data is probed now;
         // else the data's own size.
@@ -106,7 +113,9 @@ impl ModelArgs {
             let text = std::fs::read_to_string(run.join("augment.toml")).ok()?;
             Some(toml::from_str::<MultiCrop>(&text).ok()?.global.size)
         });
-        let default_size = trained_size.unwrap_or(image.width.min(image.height).min(224));
+        let default_size = trained_size
+            .or(weights_img_size.map(|s| s as usize))
+            .unwrap_or(image.width.min(image.height).min(224));
         let mut crop = MultiCrop::lejepa(self.img_size.unwrap_or(default_size), multiple, 1, 0);
         (crop.mean, crop.std) = channel_stats(&dataset.train, dataset.channels);
         if in_chans == 3 && dataset.channels == 1 {
@@ -115,7 +124,9 @@ impl ModelArgs {
             crop.std = vec![crop.std[0]; 3];
         }
         // Evaluation needs the backbone only; the projector (a token one here) is never used.
-        let mut encoder = Encoder::new(device, arch, in_chans, crop.global.size as i64, 0.0, &[16])?;
+        // Built at the size its position embedding was trained for; other sizes are interpolated.
+        let build_size = weights_img_size.unwrap_or(crop.global.size as i64);
+        let mut encoder = Encoder::new(device, arch, in_chans, build_size, 0.0, &[16])?;
         if !random {
             if let Some(path) = &weights {
                 encoder.load_backbone(path)?;
