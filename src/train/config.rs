@@ -288,6 +288,10 @@ pub struct ConfigArgs {
     #[arg(long)]
     pub no_online_probe: bool,
     #[arg(long)]
+    pub probe_lr: Option<f64>,
+    #[arg(long)]
+    pub probe_weight_decay: Option<f64>,
+    #[arg(long)]
     pub eval_images: Option<usize>,
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
@@ -306,7 +310,7 @@ impl ConfigArgs {
         }
         set!(arch, projector, epochs, batch_size, grad_accum, lr, final_lr_ratio, warmup_epochs, weight_decay,
              lambda, slices, t_max, knots, drop_path, augment, global_views, local_views, seed, device, precision,
-             workers, checkpoint_every);
+             workers, checkpoint_every, probe_lr, probe_weight_decay);
         macro_rules! set_option {
             ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field.clone(); } )* };
         }
