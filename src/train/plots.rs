@@ -21,20 +21,15 @@ fn register_font() -> Result<()> {
     Ok(())
 }
 
-/// A line chart of named series of (x, y) points; with `log_y`, y is drawn as log10(y).
-pub fn line_chart(path: &Path, title: &str, x_label: &str, log_y: bool, series: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
+/// Draws named series of (x, y) points on one chart, as lines or as dots, with a legend.
+fn plot(
+    path: &Path,
+    (title, x_label, y_label): (&str, &str, &str),
+    (x_range, y_range): (std::ops::Range<f64>, std::ops::Range<f64>),
+    series: &[(&str, Vec<(f64, f64)>)],
+    lines: bool,
+) -> Result<()> {
     register_font()?;
-    let transform = |y: f64| if log_y { y.max(1e-12).log10() } else { y };
-    let series: Vec<(&str, Vec<(f64, f64)>)> =
-        series.iter().map(|(name, s)| (*name, s.iter().map(|&(x, y)| (x, transform(y))).collect())).collect();
-    let (mut x_max, mut y_min, mut y_max) = (1e-9f64, f64::INFINITY, f64::NEG_INFINITY);
-    for &(x, y) in series.iter().flat_map(|(_, s)| s.iter()) {
-        x_max = x_max.max(x);
-        y_min = y_min.min(y);
-        y_max = y_max.max(y);
-    }
-    anyhow::ensure!(y_min.is_finite(), "nothing to plot");
-    let pad = ((y_max - y_min) * 0.05).max(1e-6);
     let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -42,19 +37,44 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, log_y: bool, series: 
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..x_max, y_min - pad..y_max + pad)?;
-    chart.configure_mesh().x_desc(x_label).y_desc(if log_y { "log10" } else { "" }).draw()?;
+        .build_cartesian_2d(x_range, y_range)?;
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw()?;
     let colors = [RED, BLUE, GREEN, BLACK, MAGENTA];
     for (i, (name, points)) in series.iter().enumerate() {
         let color = colors[i % colors.len()];
-        chart
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        if lines {
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        } else {
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 5, color.filled())))?
+                .label(*name)
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+        }
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     root.present().with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// The range of one coordinate of all points, padded by `pad` of its width.
+fn padded_range(series: &[(&str, Vec<(f64, f64)>)], coordinate: fn(&(f64, f64)) -> f64, pad: f64) -> Result<std::ops::Range<f64>> {
+    let (lo, hi) = series.iter().flat_map(|(_, s)| s.iter()).map(coordinate).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    anyhow::ensure!(lo.is_finite(), "nothing to plot");
+    let pad = ((hi - lo) * pad).max(1e-6);
+    Ok(lo - pad..hi + pad)
+}
+
+/// A line chart of named series of (x, y) points from x = 0; with `log_y`, y is drawn as log10(y).
+pub fn line_chart(path: &Path, title: &str, x_label: &str, log_y: bool, series: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
+    let transform = |y: f64| if log_y { y.max(1e-12).log10() } else { y };
+    let series: Vec<(&str, Vec<(f64, f64)>)> =
+        series.iter().map(|(name, s)| (*name, s.iter().map(|&(x, y)| (x, transform(y))).collect())).collect();
+    let y_range = padded_range(&series, |p| p.1, 0.05)?;
+    let x_max = padded_range(&series, |p| p.0, 0.0)?.end.max(1e-9);
+    plot(path, (title, x_label, if log_y { "log10" } else { "" }), (0.0..x_max, y_range), &series, true)
 }
 
 /// curves.png (loss, invariance, SIGReg per step) and probe.png (online probe accuracy per step).
@@ -79,34 +99,8 @@ pub fn draw(metrics: &Path, run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A scatter plot of named point sets.
+/// A scatter plot of named point sets against probe accuracy.
 pub fn scatter(path: &Path, title: &str, x_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
-    register_font()?;
-    let points: Vec<(f64, f64)> = series.iter().flat_map(|(_, s)| s.iter().copied()).collect();
-    anyhow::ensure!(!points.is_empty(), "nothing to plot");
-    let bounds = |f: fn(&(f64, f64)) -> f64| {
-        let (lo, hi) = points.iter().map(f).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
-        let pad = ((hi - lo) * 0.08).max(1e-3);
-        lo - pad..hi + pad
-    };
-    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(bounds(|p| p.0), bounds(|p| p.1))?;
-    chart.configure_mesh().x_desc(x_label).y_desc("probe accuracy %").draw()?;
-    let colors = [RED, BLUE, GREEN, BLACK];
-    for (i, (name, points)) in series.iter().enumerate() {
-        let color = colors[i % colors.len()];
-        chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 5, color.filled())))?
-            .label(*name)
-            .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
-    }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
-    root.present().with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    let ranges = (padded_range(series, |p| p.0, 0.08)?, padded_range(series, |p| p.1, 0.08)?);
+    plot(path, (title, x_label, "probe accuracy %"), ranges, series, false)
 }
