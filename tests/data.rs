@@ -155,7 +155,7 @@ fn loader_batches(workers: usize, start: (u64, usize)) -> Vec<Tensor> {
     let ds = open("digits", &OpenOptions::default()).unwrap();
     let crop = Arc::new(MultiCrop::lejepa(8, 1, 2, 3));
     let config = LoaderConfig { batch_size: 16, batches_per_epoch: 84, seed: 9, start, workers, prefetch: 2 };
-    let loader = Loader::new(Arc::new(ds.train), crop, config).unwrap();
+    let loader = Loader::new(ds.train, crop, config).unwrap();
     (0..3)
         .map(|_| {
             let b = loader.next();

@@ -90,7 +90,7 @@ fn a_killed_run_resumes_onto_the_uninterrupted_loss_curve() {
 #[test]
 fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     let out = scratch("sigint");
-    let mut child = tiny(&out, &["--epochs", "50"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let child = tiny(&out, &["--epochs", "50"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let run_dir = out.join("001-vit-tiny-patch4-depth2");
     let started = Instant::now();
     while std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(true, |m| m.lines().count() < 3) {

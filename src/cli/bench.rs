@@ -159,7 +159,7 @@ fn fashion_mnist_loader(args: &Args) -> Result<Loader> {
     (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, 1);
     let batches_per_epoch = dataset.train.len() / args.batch_size;
     let config = LoaderConfig { batch_size: args.batch_size, batches_per_epoch, seed: 0, start: (0, 0), workers: args.workers, prefetch: 2 };
-    Loader::new(Arc::new(dataset.train), Arc::new(crop), config)
+    Loader::new(dataset.train, Arc::new(crop), config)
 }
 
 /// The whole pipeline on Fashion-MNIST: loader workers + training steps (first step excluded).

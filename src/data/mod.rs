@@ -66,7 +66,8 @@ pub struct Dataset {
     pub channels: usize,
     /// Class names, index = label; empty when unlabeled.
     pub classes: Vec<String>,
-    pub train: Split,
+    /// Shared with the loader threads without a copy.
+    pub train: std::sync::Arc<Split>,
     /// Held out of `train` with `val_fraction` (stratified, fixed seed); empty otherwise.
     pub val: Split,
     pub test: Split,
@@ -116,7 +117,7 @@ pub fn open(spec: &str, options: &OpenOptions) -> Result<Dataset> {
         let strata = dataset.train.labels.clone().unwrap_or_else(|| vec![0; dataset.train.len()]);
         let (keep, val) = stratified_split(&strata, options.val_fraction);
         dataset.val = dataset.train.select(&val);
-        dataset.train = dataset.train.select(&keep);
+        dataset.train = std::sync::Arc::new(dataset.train.select(&keep));
     }
     if let Some(n) = options.train_subset {
         if n < dataset.train.len() {
@@ -124,7 +125,7 @@ pub fn open(spec: &str, options: &OpenOptions) -> Result<Dataset> {
             order.shuffle(&mut ChaCha8Rng::seed_from_u64(SPLIT_SEED));
             order.truncate(n);
             order.sort_unstable();
-            dataset.train = dataset.train.select(&order);
+            dataset.train = std::sync::Arc::new(dataset.train.select(&order));
         }
     }
     if dataset.train.is_empty() {

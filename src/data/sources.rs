@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use rayon::prelude::*;
@@ -74,7 +75,7 @@ pub fn idx_dir(dir: &Path, classes: Option<&[&str]>) -> Result<Dataset> {
         Some(names) => names.iter().map(|s| s.to_string()).collect(),
         None => (0..n_classes).map(|c| c.to_string()).collect(),
     };
-    Ok(Dataset { spec: String::new(), val: Split::default(), channels: 1, classes, train, test, skipped: vec![] })
+    Ok(Dataset { spec: String::new(), val: Split::default(), channels: 1, classes, train: Arc::new(train), test, skipped: vec![] })
 }
 
 pub fn fashion_mnist() -> Result<Dataset> {
@@ -188,7 +189,7 @@ pub fn folder(dir: &Path, options: &OpenOptions) -> Result<Dataset> {
         images: split.images.into_iter().map(|i| if i.channels == channels { i } else { i.to_rgb() }).collect(),
         labels: split.labels,
     };
-    Ok(Dataset { spec: String::new(), val: Split::default(), channels, classes, train: to_channels(train), test: to_channels(test), skipped })
+    Ok(Dataset { spec: String::new(), val: Split::default(), channels, classes, train: Arc::new(to_channels(train)), test: to_channels(test), skipped })
 }
 
 /// Reads a uint8 `.npy` of N×H×W or N×H×W×C (C = 1 or 3) images.
@@ -250,7 +251,7 @@ pub fn npy_dir(dir: &Path, options: &OpenOptions) -> Result<Dataset> {
     let channels = train.images[0].channels;
     let n_classes = train.labels.iter().chain(&test.labels).flatten().max().map_or(0, |m| m + 1);
     let classes = (0..n_classes).map(|c| c.to_string()).collect();
-    Ok(Dataset { spec: String::new(), val: Split::default(), channels, classes, train, test, skipped: vec![] })
+    Ok(Dataset { spec: String::new(), val: Split::default(), channels, classes, train: Arc::new(train), test, skipped: vec![] })
 }
 
 /// scikit-learn's 8×8 digits, compiled into the binary (assets/digits.csv.gz): 64 values 0–16, then the label.
@@ -269,7 +270,7 @@ pub fn digits(options: &OpenOptions) -> Result<Dataset> {
     let all = Split { images, labels: Some(labels.clone()) };
     let (train_idx, test_idx) = stratified_split(&labels, options.test_fraction);
     let classes = (0..10).map(|c| c.to_string()).collect();
-    Ok(Dataset { spec: String::new(), val: Split::default(), channels: 1, classes, train: all.select(&train_idx), test: all.select(&test_idx), skipped: vec![] })
+    Ok(Dataset { spec: String::new(), val: Split::default(), channels: 1, classes, train: Arc::new(all.select(&train_idx)), test: all.select(&test_idx), skipped: vec![] })
 }
 
 /// Where `scripts/setup --elpv` unpacks the ELPV wheel: $LEJEPA_DATA/elpv, ./data/elpv or <repo>/data/elpv.
@@ -314,5 +315,5 @@ pub fn elpv(binary: bool, options: &OpenOptions) -> Result<Dataset> {
     } else {
         vec!["p=0".into(), "p=1/3".into(), "p=2/3".into(), "p=1".into()]
     };
-    Ok(Dataset { spec: String::new(), val: Split::default(), channels: 1, classes, train: all.select(&train_idx), test: all.select(&test_idx), skipped })
+    Ok(Dataset { spec: String::new(), val: Split::default(), channels: 1, classes, train: Arc::new(all.select(&train_idx)), test: all.select(&test_idx), skipped })
 }

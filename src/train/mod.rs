@@ -329,7 +329,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
 
     let epoch_of = |s: u64| s / steps_per_epoch;
     let loader = Loader::new(
-        Arc::new(dataset.train.clone()),
+        dataset.train.clone(), // an Arc: no copy of the images
         crop.clone(),
         LoaderConfig {
             batch_size: config.batch_size,
