@@ -1,6 +1,7 @@
 //! Which frozen backbone an evaluation command uses: a pretraining run, or any safetensors file
 //! with timm's names (from lejepa or from timm, e.g. a model a user brings) with its architecture.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -8,7 +9,7 @@ use tch::{Device, Tensor};
 
 use crate::data::augment::MultiCrop;
 use crate::data::{Dataset, Split, channel_stats};
-use crate::models::{Arch, Encoder};
+use crate::models::{Arch, Encoder, read_weights};
 use crate::train::config::Config;
 use crate::train::parse_device;
 
@@ -40,8 +41,7 @@ pub struct Model {
 
 /// What a timm-named backbone file says of its input: channels (first convolution's weight) and,
 /// for a ViT, the image size its position embedding was laid out for (grid × patch, class token assumed).
-fn weights_input(path: &Path, patch: Option<i64>) -> Result<(i64, Option<i64>)> {
-    let tensors = Tensor::read_safetensors(path).map_err(|e| anyhow::anyhow!("{}: not a readable safetensors file ({e})", path.display()))?;
+fn weights_input(path: &Path, tensors: &[(String, Tensor)], patch: Option<i64>) -> Result<(i64, Option<i64>)> {
     let shape = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.size());
     let in_chans = shape("patch_embed.proj.weight")
         .or_else(|| shape("conv1.weight"))
@@ -95,8 +95,10 @@ impl ModelArgs {
             Arch::Vit { patch, .. } => Some(patch),
             Arch::Resnet { .. } => None,
         };
+        // Read once: the shapes tell channels and trained size, then the values load.
+        let weights = weights.map(|path| read_weights(&path).map(|tensors| (path, tensors))).transpose()?;
         let (in_chans, weights_img_size) = match &weights {
-            Some(path) => weights_input(path, patch)?,
+            Some((path, tensors)) => weights_input(path, tensors, patch)?,
             None => (dataset.channels as i64, None),
         };
         ensure!(
@@ -127,20 +129,18 @@ impl ModelArgs {
         // Built at the size its position embedding was trained for; other sizes are interpolated.
         let build_size = weights_img_size.unwrap_or(crop.global.size as i64);
         let mut encoder = Encoder::new(device, arch, in_chans, build_size, 0.0, &[16])?;
-        if !random {
-            if let Some(path) = &weights {
-                encoder.load_backbone(path)?;
-            }
+        if let (false, Some((path, tensors))) = (random, weights) {
+            encoder.load_backbone_tensors(&path, tensors)?;
         }
         Ok(Model { encoder, crop, device })
     }
 }
 
-/// The split with gray images turned RGB when the model takes 3 channels.
-pub fn fit_channels(split: &Split, model: &Model) -> Split {
+/// The split with gray images turned RGB when the model takes 3 channels (borrowed as is otherwise).
+pub fn fit_channels<'a>(split: &'a Split, model: &Model) -> Cow<'a, Split> {
     if model.crop.mean.len() == 3 && split.images.first().is_some_and(|i| i.channels == 1) {
-        Split { images: split.images.iter().map(|i| i.to_rgb()).collect(), labels: split.labels.clone() }
+        Cow::Owned(Split { images: split.images.iter().map(|i| i.to_rgb()).collect(), labels: split.labels.clone() })
     } else {
-        split.clone()
+        Cow::Borrowed(split)
     }
 }

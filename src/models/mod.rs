@@ -174,6 +174,12 @@ impl Projector {
     }
 }
 
+/// All tensors of a safetensors file, with errors that name it.
+pub fn read_weights(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    ensure!(path.exists(), "{}: no such file", path.display());
+    Tensor::read_safetensors(path).map_err(|e| anyhow::anyhow!("{}: not a readable safetensors file ({e})", path.display()))
+}
+
 /// Backbone and projector in one VarStore, under `backbone.` and `projector.`.
 pub struct Encoder {
     pub vs: nn::VarStore,
@@ -228,9 +234,12 @@ impl Encoder {
     /// tensor of the model must be in the file with the same shape, and the file may hold nothing else
     /// (a classifier head `head.*`/`fc.*` is ignored).
     pub fn load_backbone(&mut self, path: &Path) -> Result<()> {
+        self.load_backbone_tensors(path, read_weights(path)?)
+    }
+
+    /// The same from tensors already read from `path` (named in errors).
+    pub fn load_backbone_tensors(&mut self, path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
         let shown = path.display();
-        ensure!(path.exists(), "{shown}: no such file");
-        let tensors = Tensor::read_safetensors(path).map_err(|e| anyhow::anyhow!("{shown}: not a readable safetensors file ({e})"))?;
         let mut file: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
         let variables = self.vs.variables();
         let mut missing = Vec::new();
