@@ -43,7 +43,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     anyhow::ensure!(!split.is_empty(), "{}: the {:?} split is empty", dataset.spec, args.split);
     let kind = if args.probe_features { FeatureKind::Probe } else { FeatureKind::Embedding };
-    let embeddings = features(&model.encoder.backbone, &fit_channels(split, &model), &model.crop, kind, model.device);
+    let embeddings = features(&model.encoder.backbone, &fit_channels(split, &model).images, &model.crop, kind, model.device);
     crate::npy::write(&embeddings, &args.out)?;
     println!("{}: {} embeddings of dimension {}", args.out.display(), embeddings.size()[0], embeddings.size()[1]);
     if let Some(labels) = &split.labels {

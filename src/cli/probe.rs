@@ -114,7 +114,7 @@ pub fn run(args: Args) -> Result<()> {
         let model = args.model.load(&dataset, random)?;
         let (train, test) = (fit_channels(&dataset.train, &model), fit_channels(&dataset.test, &model));
         let backbone = &model.encoder.backbone;
-        rows.push((name, features(backbone, &train, &model.crop, kind, model.device), features(backbone, &test, &model.crop, kind, model.device)));
+        rows.push((name, features(backbone, &train.images, &model.crop, kind, model.device), features(backbone, &test.images, &model.crop, kind, model.device)));
     }
     if args.baseline.contains(&Baseline::Pixels) {
         let image = &dataset.train.images[0];

@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::data::Split;
+use crate::data::{Image, Split};
 use crate::data::augment::MultiCrop;
 use crate::data::loader::eval_batch;
 use crate::models::Backbone;
@@ -26,11 +26,11 @@ pub enum FeatureKind {
     Embedding,
 }
 
-/// Features `[N, D]` (f32, CPU) of a split's evaluation views, in batches, backbone in eval mode.
-pub fn features(backbone: &Backbone, split: &Split, crop: &MultiCrop, kind: FeatureKind, device: Device) -> Tensor {
+/// Features `[N, D]` (f32, CPU) of some images' evaluation views, in batches, backbone in eval mode.
+pub fn features(backbone: &Backbone, images: &[Image], crop: &MultiCrop, kind: FeatureKind, device: Device) -> Tensor {
     let mut chunks = Vec::new();
     tch::no_grad(|| {
-        for images in split.images.chunks(256) {
+        for images in images.chunks(256) {
             let out = backbone.forward(&eval_batch(images, crop).to_device(device), false);
             let f = match kind {
                 FeatureKind::Probe => out.probe,

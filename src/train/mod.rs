@@ -19,7 +19,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::data::Dataset;
-use crate::data::loader::{Loader, LoaderConfig, eval_batch};
+use crate::data::loader::{Loader, LoaderConfig};
 use crate::models::{Arch, Encoder};
 use crate::objective::LeJepaObjective;
 use crate::sigreg::{NormalityTest, Reduction, SigReg};
@@ -220,17 +220,9 @@ fn probe_accuracy(encoder: &Encoder, probe: &LinearProbe, dataset: &Dataset, cro
     if n == 0 {
         return None;
     }
-    let mut correct = 0i64;
-    tch::no_grad(|| {
-        for start in (0..n).step_by(256) {
-            let end = (start + 256).min(n);
-            let images = eval_batch(&dataset.test.images[start..end], crop).to_device(device);
-            let features = encoder.backbone.forward(&images, false).probe;
-            let predicted = probe.forward(&features).argmax(-1, false).to_device(Device::Cpu);
-            let truth = Tensor::from_slice(&labels[start..end]);
-            correct += predicted.eq_tensor(&truth).sum(Kind::Int64).int64_value(&[]);
-        }
-    });
+    let features = crate::eval::features(&encoder.backbone, &dataset.test.images[..n], crop, crate::eval::FeatureKind::Probe, device);
+    let predicted = tch::no_grad(|| probe.forward(&features.to_device(device)).argmax(-1, false).to_device(Device::Cpu));
+    let correct = predicted.eq_tensor(&Tensor::from_slice(&labels[..n])).sum(Kind::Int64).int64_value(&[]);
     Some(correct as f64 / n as f64)
 }
 
