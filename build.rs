@@ -18,19 +18,39 @@ fn main() {
     }
     println!("cargo:rustc-env=LIBTORCH_VERSION={version}");
 
-    // The bf16 autocast shim (src/shim/autocast.cpp), compiled against the wheel's headers.
+    // The C++ shims, compiled against the wheel's headers: bf16 autocast (src/shim/autocast.cpp)
+    // and c10d (src/shim/distributed.cpp; gloo's own headers are not in the wheel, src/shim/gloo
+    // declares the names torch's header mentions). NCCL when the wheel is a CUDA build and the CUDA
+    // headers are installed (scripts/setup does that).
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         let root = std::path::Path::new(&lib).join("..");
-        cc::Build::new()
+        let mut build = cc::Build::new();
+        build
             .cpp(true)
             .file("src/shim/autocast.cpp")
+            .file("src/shim/distributed.cpp")
             .include(root.join("include"))
             .include(root.join("include/torch/csrc/api/include"))
+            .include("src/shim")
+            .define("USE_C10D_GLOO", None)
             .flag("-std=c++17")
             .define("_GLIBCXX_USE_CXX11_ABI", "1")
-            .warnings(false)
-            .compile("lejepa_shim");
+            .warnings(false);
+        let nvidia = root.join("../nvidia");
+        let cuda = nvidia.join("cu13/include");
+        if root.join("lib/libtorch_cuda.so").exists() && nvidia.join("nccl/include/nccl.h").exists() && cuda.join("crt").exists() {
+            build
+                .include(&cuda)
+                .include(cuda.join("cccl"))
+                .include(nvidia.join("nccl/include"))
+                .define("USE_C10D_NCCL", None)
+                .define("USE_CUDA", None)
+                .define("LEJEPA_WITH_NCCL", None);
+            println!("cargo:rustc-cfg=lejepa_nccl");
+        }
+        build.compile("lejepa_shim");
     }
-    println!("cargo:rerun-if-changed=src/shim/autocast.cpp");
+    println!("cargo::rustc-check-cfg=cfg(lejepa_nccl)");
+    println!("cargo:rerun-if-changed=src/shim");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
 }

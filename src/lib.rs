@@ -4,6 +4,7 @@ pub mod cli;
 pub mod autocast;
 pub mod data;
 pub mod diagnostics;
+pub mod distributed;
 pub mod eval;
 pub mod models;
 pub mod npy;

@@ -8,6 +8,7 @@
 use anyhow::{Result, ensure};
 use tch::{Kind, Tensor};
 
+use crate::distributed::ProcessGroup;
 use crate::sigreg::SigReg;
 
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +33,13 @@ impl LeJepaObjective {
 
     /// z: `[V, N, K]`, the first `global_views` of the V views global; `step` seeds the directions.
     pub fn forward(&self, z: &Tensor, global_views: usize, step: u64) -> Result<LossTerms> {
+        self.forward_in_group(z, global_views, step, None)
+    }
+
+    /// The same when the batch is split over the processes of `group` (z is this process's shard):
+    /// SIGReg is that of the global batch; the invariance stays this shard's mean, whose average
+    /// over the processes (with the gradients') is the global batch's.
+    pub fn forward_in_group(&self, z: &Tensor, global_views: usize, step: u64, group: Option<&ProcessGroup>) -> Result<LossTerms> {
         ensure!(z.dim() == 3, "projections must be [views, batch, dim], got shape {:?}", z.size());
         let (views, batch) = (z.size()[0] as usize, z.size()[1]);
         ensure!(global_views >= 1, "at least one global view is needed (global_views = 0)");
@@ -43,7 +51,11 @@ impl LeJepaObjective {
         // Mean over (v, n, k) of (μ_n − z[v,n,k])², as the official code (per-dimension MSE).
         let invariance = (centers - z).square().mean(None::<Kind>);
         // SIGReg of each view over the batch, averaged over all V views, global and local.
-        let sigreg = self.sigreg.forward(z, step).mean(None::<Kind>);
+        let sigreg = match group {
+            None => self.sigreg.forward(z, step),
+            Some(group) => self.sigreg.forward_sharded(z, step, group.world, &|x| group.sum(x))?,
+        }
+        .mean(None::<Kind>);
         let loss = &invariance * (1.0 - self.lambda) + &sigreg * self.lambda;
         Ok(LossTerms { loss, invariance, sigreg })
     }

@@ -154,7 +154,7 @@ fn unknown_sources_and_missing_builtins_say_what_to_do() {
 fn loader_batches(workers: usize, start: (u64, usize)) -> Vec<Tensor> {
     let ds = open("digits", &OpenOptions::default()).unwrap();
     let crop = Arc::new(MultiCrop::lejepa(8, 1, 2, 3));
-    let config = LoaderConfig { batch_size: 16, batches_per_epoch: 84, seed: 9, start, workers, prefetch: 2 };
+    let config = LoaderConfig { batch_size: 16, shard: (0, 1), batches_per_epoch: 84, seed: 9, start, workers, prefetch: 2 };
     let loader = Loader::new(ds.train, crop, config).unwrap();
     (0..3)
         .map(|_| {
@@ -175,6 +175,28 @@ fn loader_batches_do_not_depend_on_threads_and_resume_exactly() {
     }
     let resumed = loader_batches(2, (0, 1));
     assert!(resumed[0].equal(&one[1]) && resumed[1].equal(&one[2]), "starting at batch 1 gives batches 1, 2, …");
+}
+
+#[test]
+fn shards_of_a_global_batch_are_its_halves_with_the_same_views() {
+    let ds = open("digits", &OpenOptions::default()).unwrap();
+    let crop = Arc::new(MultiCrop::lejepa(8, 2, 2, 3));
+    let batch = |batch_size, shard| {
+        let config = LoaderConfig { batch_size, shard, batches_per_epoch: 5, seed: 4, start: (0, 2), workers: 2, prefetch: 1 };
+        Loader::new(ds.train.clone(), crop.clone(), config).unwrap().next()
+    };
+    let whole = batch(32, (0, 1));
+    let halves = [batch(16, (0, 2)), batch(16, (1, 2))];
+    // View-major rows: view v of sample n is row v·N + n, so each view's rows split in two.
+    let local = |b: &lejepa::data::loader::Batch| b.local.as_ref().unwrap().shallow_clone();
+    for (whole, halves, views) in [(&whole.global, [&halves[0].global, &halves[1].global], 2), (&local(&whole), [&local(&halves[0]), &local(&halves[1])], 3)] {
+        let joined = Tensor::cat(&[halves[0].view([views, 16, -1]), halves[1].view([views, 16, -1])], 1);
+        assert!(whole.view([views, 32, -1]).equal(&joined), "shard r of the global batch must be its r-th slice, with identical views");
+    }
+    let labels = Tensor::cat(&[halves[0].labels.as_ref().unwrap(), halves[1].labels.as_ref().unwrap()], 0);
+    assert!(whole.labels.unwrap().equal(&labels));
+    let err = Loader::new(ds.train.clone(), crop.clone(), LoaderConfig { batch_size: 16, shard: (2, 2), batches_per_epoch: 1, seed: 0, start: (0, 0), workers: 1, prefetch: 1 });
+    assert!(err.is_err());
 }
 
 #[test]

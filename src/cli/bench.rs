@@ -132,7 +132,7 @@ fn our_model_step(args: &Args, arch: &str, bf16: bool) -> Result<(Vec<f64>, Opti
     let local = Tensor::randn([4 * n, 1, 12, 12], (Kind::Float, Device::Cpu));
     let mut step = |i: u64| -> Result<()> {
         optimizer.zero_grad();
-        lejepa_forward(&encoder, &objective, &global, Some(&local), 2, i, bf16, true)?.0.loss.backward();
+        lejepa_forward(&encoder, &objective, &global, Some(&local), 2, i, bf16, true, None)?.0.loss.backward();
         optimizer.step(1e-3);
         Ok(())
     };
@@ -158,7 +158,7 @@ fn fashion_mnist_loader(args: &Args) -> Result<Loader> {
     let mut crop = MultiCrop::lejepa(28, 4, 2, 4);
     (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, 1);
     let batches_per_epoch = dataset.train.len() / args.batch_size;
-    let config = LoaderConfig { batch_size: args.batch_size, batches_per_epoch, seed: 0, start: (0, 0), workers: args.workers, prefetch: 2 };
+    let config = LoaderConfig { batch_size: args.batch_size, shard: (0, 1), batches_per_epoch, seed: 0, start: (0, 0), workers: args.workers, prefetch: 2 };
     Loader::new(dataset.train, Arc::new(crop), config)
 }
 
@@ -178,7 +178,7 @@ fn our_pipeline(args: &Args, steps: usize) -> Result<(f64, f64)> {
         let batch = loader.next();
         wait += w.elapsed().as_secs_f64();
         optimizer.zero_grad();
-        lejepa_forward(&encoder, &objective, &batch.global, batch.local.as_ref(), 2, i as u64, false, true)?.0.loss.backward();
+        lejepa_forward(&encoder, &objective, &batch.global, batch.local.as_ref(), 2, i as u64, false, true, None)?.0.loss.backward();
         optimizer.step(1e-3);
     }
     let elapsed = started.elapsed().as_secs_f64();

@@ -1,9 +1,13 @@
-//! `lejepa pretrain`: with no arguments, the cpu-small preset on Fashion-MNIST.
+//! `lejepa pretrain`: with no arguments, the cpu-small preset on Fashion-MNIST. With `--nodes N`
+//! (or torchrun's WORLD_SIZE) it is one of N data-parallel processes.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::distributed::{Launch, ProcessGroup};
 use crate::train::config::{Config, ConfigArgs};
 use crate::train::{new_run_dir, pretrain};
 
@@ -20,6 +24,21 @@ pub struct Args {
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
+    /// Distributed: number of processes in the run, one per device (default: $WORLD_SIZE, else 1).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Distributed: this process's rank, 0 … nodes−1 (default: $RANK). Rank 0 writes the run directory.
+    #[arg(long)]
+    rank: Option<usize>,
+    /// Distributed: address of rank 0, where the group meets (default: $MASTER_ADDR, else 127.0.0.1).
+    #[arg(long)]
+    master_addr: Option<String>,
+    /// Distributed: a free TCP port on rank 0's machine (default: $MASTER_PORT, else 29500).
+    #[arg(long)]
+    master_port: Option<u16>,
+    /// Distributed: seconds to wait for the others (start-up, each collective) before giving up.
+    #[arg(long, default_value_t = 300)]
+    dist_timeout: u64,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -35,21 +54,54 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(out) = &args.out {
         config.out = out.clone();
     }
-    let dataset = args.config.data.open(&config.data)?;
-    eprintln!(
-        "pretraining {} on {} ({} training images, {} classes), λ {}, batch {} × {} views",
-        config.arch,
-        dataset.spec,
-        dataset.train.len(),
-        dataset.classes.len(),
-        config.lambda,
-        config.batch_size,
-        config.global_views + config.local_views,
-    );
-    let summary = match &args.resume {
-        Some(dir) => pretrain(&config, dir, true, &dataset)?,
-        None => pretrain(&config, &new_run_dir(&config.out, &config.arch)?, false, &dataset)?,
+    let launch = Launch::resolve(
+        args.nodes, args.rank, args.master_addr.clone(), args.master_port, config.device.starts_with("cuda"),
+        Duration::from_secs(args.dist_timeout),
+    )?;
+    let group = match &launch {
+        Some(launch) => {
+            eprintln!("rank {} of {}: joining the {} group at {}:{}", launch.rank, launch.world, launch.backend, launch.master_addr, launch.master_port);
+            // A collective that fails inside a model's forward (SyncBatchNorm) panics: print it as
+            // the one-line error it is, not as a crash report.
+            std::panic::set_hook(Box::new(|info| {
+                let message = info.payload().downcast_ref::<String>().map(String::as_str)
+                    .or_else(|| info.payload().downcast_ref::<&str>().copied()).unwrap_or("panic");
+                eprintln!("error: {message}");
+            }));
+            Some(Arc::new(ProcessGroup::join(launch)?))
+        }
+        None => None,
     };
+    let leader = group.as_ref().is_none_or(|g| g.rank == 0);
+    let dataset = args.config.data.open(&config.data)?;
+    if leader {
+        eprintln!(
+            "pretraining {} on {} ({} training images, {} classes), λ {}, batch {} × {} views{}",
+            config.arch,
+            dataset.spec,
+            dataset.train.len(),
+            dataset.classes.len(),
+            config.lambda,
+            config.batch_size,
+            config.global_views + config.local_views,
+            group.as_ref().map_or(String::new(), |g| format!(" per process, {} processes", g.world)),
+        );
+    }
+    let (run_dir, resume) = match &args.resume {
+        Some(dir) => (dir.clone(), true),
+        None => {
+            // Rank 0 creates the run directory; the others learn its name (they never write to it).
+            let created = if leader { Some(new_run_dir(&config.out, &config.arch)?) } else { None };
+            match &group {
+                Some(g) => (PathBuf::from(g.share_string("run_dir", created.as_ref().map(|d| d.to_str().unwrap_or_default()))?), false),
+                None => (created.unwrap(), false),
+            }
+        }
+    };
+    let summary = pretrain(&config, &run_dir, resume, &dataset, group.as_ref())?;
+    if !leader {
+        return Ok(());
+    }
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {

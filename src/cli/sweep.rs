@@ -82,7 +82,7 @@ pub fn run(args: Args) -> Result<()> {
         let resume = run_dir.join("checkpoint.safetensors").exists();
         std::fs::create_dir_all(&run_dir)?;
         eprintln!("[{}/{}] {name}{}", i + 1, combos.len(), if resume { ": resuming" } else { "" });
-        let summary = pretrain(&config, &run_dir, resume, &datasets[&config.data])?;
+        let summary = pretrain(&config, &run_dir, resume, &datasets[&config.data], None)?;
         if summary.interrupted {
             eprintln!("sweep interrupted; run the same command again to continue");
             return Ok(());

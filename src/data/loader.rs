@@ -55,7 +55,11 @@ pub struct Loader {
 }
 
 pub struct LoaderConfig {
+    /// Samples per batch of this process.
     pub batch_size: usize,
+    /// (rank, world): the global batch is `batch_size × world` samples and this process takes the
+    /// rank-th slice of it; (0, 1) outside distributed training.
+    pub shard: (usize, usize),
     /// Batches per epoch (at most images / batch_size; the rest of each epoch's order is unused).
     pub batches_per_epoch: usize,
     pub seed: u64,
@@ -71,13 +75,15 @@ impl Loader {
     /// Endless stream of batches (the last incomplete batch of each epoch is dropped).
     pub fn new(split: Arc<Split>, crop: Arc<MultiCrop>, config: LoaderConfig) -> Result<Loader> {
         let n = split.len();
-        ensure!(n >= config.batch_size, "the batch size {} exceeds the {n} training images", config.batch_size);
+        let (rank, world) = config.shard;
+        ensure!(rank < world, "shard {rank} of {world} does not exist");
+        let global_batch = config.batch_size * world;
+        ensure!(n >= global_batch, "the batch size {global_batch} exceeds the {n} training images");
         ensure!(config.batch_size >= 2, "the batch size must be at least 2 (SIGReg is a batch statistic)");
         let batches_per_epoch = config.batches_per_epoch;
         ensure!(
-            (1..=n / config.batch_size).contains(&batches_per_epoch),
-            "{batches_per_epoch} batches of {} do not fit in {n} images",
-            config.batch_size
+            (1..=n / global_batch).contains(&batches_per_epoch),
+            "{batches_per_epoch} batches of {global_batch} do not fit in {n} images"
         );
         let (sender, receiver) = bounded(config.prefetch.max(1));
         let pool = rayon::ThreadPoolBuilder::new().num_threads(config.workers.max(1)).build()?;
@@ -87,7 +93,8 @@ impl Loader {
             loop {
                 let order = epoch_order(n, config.seed, epoch);
                 while step < batches_per_epoch {
-                    let indices = &order[step * config.batch_size..(step + 1) * config.batch_size];
+                    let first = step * global_batch + rank * config.batch_size;
+                    let indices = &order[first..first + config.batch_size];
                     let per_sample: Vec<Vec<Vec<f32>>> = pool.install(|| {
                         indices.par_iter().map(|&i| crop.make_views(&split.images[i], &mut view_rng(config.seed, epoch, i as u64))).collect()
                     });

@@ -5,10 +5,13 @@ pub mod resnet;
 pub mod vit;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
+
+use crate::distributed::{ProcessGroup, sync_batch_norm};
 
 use resnet::{ResNet, ResNetConfig};
 use vit::{Vit, VitConfig};
@@ -134,10 +137,34 @@ pub fn pytorch_default_init(fan_in: i64) -> nn::ConvConfig {
     nn::ConvConfig { ws_init: uniform, bs_init: uniform, ..Default::default() }
 }
 
+/// libtorch's BatchNorm, or SyncBatchNorm once [`Encoder::sync_batch_norm`] gave it a process group:
+/// in training mode the batch statistics are then those of the global batch over all processes.
+#[derive(Debug)]
+pub struct BatchNorm {
+    pub inner: nn::BatchNorm,
+    sync: Option<Arc<ProcessGroup>>,
+}
+
+impl BatchNorm {
+    pub fn new(inner: nn::BatchNorm) -> BatchNorm {
+        BatchNorm { inner, sync: None }
+    }
+}
+
+impl nn::ModuleT for BatchNorm {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        match (&self.sync, train) {
+            // A failed collective means another process is gone; there is no batch to return.
+            (Some(group), true) => sync_batch_norm(x, &self.inner, group).unwrap_or_else(|e| panic!("{e:#}")),
+            _ => x.apply_t(&self.inner, train),
+        }
+    }
+}
+
 /// Linear–BatchNorm–ReLU twice, then Linear (paper: 2048-2048-64). Variables are named as
 /// torchvision's `ops.MLP` numbers its layers (0, 1, 4, 5, 8), so its state_dict loads as is.
 pub struct Projector {
-    layers: Vec<(nn::Linear, Option<nn::BatchNorm>)>,
+    layers: Vec<(nn::Linear, Option<BatchNorm>)>,
 }
 
 impl Projector {
@@ -153,7 +180,7 @@ impl Projector {
             let linear = nn::linear(path / (4 * i), prev, dim, config);
             let norm = (!last).then(|| {
                 let config = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() };
-                nn::batch_norm1d(path / (4 * i + 1), dim, config)
+                BatchNorm::new(nn::batch_norm1d(path / (4 * i + 1), dim, config))
             });
             layers.push((linear, norm));
             prev = dim;
@@ -193,6 +220,19 @@ impl Encoder {
         let backbone = Backbone::new(&(vs.root() / "backbone"), arch, in_chans, img_size, drop_path)?;
         let projector = Projector::new(&(vs.root() / "projector"), backbone.embed_dim(), projector)?;
         Ok(Encoder { vs, backbone, projector })
+    }
+
+    /// Turns every BatchNorm (backbone and projector) into a SyncBatchNorm over `group`, as
+    /// torch's `SyncBatchNorm.convert_sync_batchnorm`.
+    pub fn sync_batch_norm(&mut self, group: &Arc<ProcessGroup>) {
+        let norms = self.projector.layers.iter_mut().filter_map(|(_, norm)| norm.as_mut());
+        let backbone: Vec<&mut BatchNorm> = match &mut self.backbone {
+            Backbone::ResNet(resnet) => resnet.batch_norms(),
+            Backbone::Vit(_) => Vec::new(), // LayerNorm only
+        };
+        for norm in norms.chain(backbone) {
+            norm.sync = Some(group.clone());
+        }
     }
 
     /// Number of trainable parameters of the backbone alone (what timm counts with num_classes=0).

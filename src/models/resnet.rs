@@ -5,7 +5,7 @@
 use tch::nn;
 use tch::Tensor;
 
-use super::Features;
+use super::{BatchNorm, Features};
 use super::vit::drop_path;
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -50,15 +50,15 @@ fn conv(path: nn::Path, in_c: i64, out_c: i64, kernel: i64, stride: i64) -> nn::
 /// BatchNorm with PyTorch's γ = 1 (tch defaults to uniform [0, 1)), or γ = 0 for the last norm of a
 /// residual branch (timm's zero_init_last: every block starts as the identity). Also registers
 /// `num_batches_tracked`, so saved weights load into PyTorch with strict=True.
-fn batch_norm(path: nn::Path, channels: i64, zero_gamma: bool) -> nn::BatchNorm {
+fn batch_norm(path: nn::Path, channels: i64, zero_gamma: bool) -> BatchNorm {
     let gamma = if zero_gamma { 0.0 } else { 1.0 };
     let _ = path.zeros_no_train("num_batches_tracked", &[]); // stored as int64 on export
-    nn::batch_norm2d(path, channels, nn::BatchNormConfig { ws_init: nn::Init::Const(gamma), ..Default::default() })
+    BatchNorm::new(nn::batch_norm2d(path, channels, nn::BatchNormConfig { ws_init: nn::Init::Const(gamma), ..Default::default() }))
 }
 
 struct Block {
-    convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    convs: Vec<(nn::Conv2D, BatchNorm)>,
+    downsample: Option<(nn::Conv2D, BatchNorm)>,
     drop_path: f64,
 }
 
@@ -105,7 +105,7 @@ impl Block {
 
 pub struct ResNet {
     config: ResNetConfig,
-    stem: (nn::Conv2D, nn::BatchNorm),
+    stem: (nn::Conv2D, BatchNorm),
     blocks: Vec<Block>,
 }
 
@@ -133,12 +133,23 @@ impl ResNet {
         ResNet { config, stem, blocks }
     }
 
+    /// Every BatchNorm, for [`super::Encoder::sync_batch_norm`].
+    pub fn batch_norms(&mut self) -> Vec<&mut BatchNorm> {
+        let mut norms = vec![&mut self.stem.1];
+        for block in &mut self.blocks {
+            norms.extend(block.convs.iter_mut().map(|(_, bn)| bn));
+            norms.extend(block.downsample.iter_mut().map(|(_, bn)| bn));
+        }
+        norms
+    }
+
     pub fn config(&self) -> &ResNetConfig {
         &self.config
     }
 
     /// images: `[B, C, H, W]` → globally average-pooled features (embedding and probe features alike).
     pub fn forward(&self, images: &Tensor, train: bool) -> Features {
+        let images = images.to_kind(self.stem.0.ws.kind()); // the weights' precision (f32, or f64 for checks)
         let mut x = images.apply(&self.stem.0).apply_t(&self.stem.1, train).relu();
         if !self.config.small_stem {
             x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);

@@ -143,6 +143,7 @@ impl Vit {
 
     /// images: `[B, C, H, W]` → the final-norm class token and the raw class tokens of the last two blocks.
     pub fn forward(&self, images: &Tensor, train: bool) -> Features {
+        let images = images.to_kind(self.patch_proj.ws.kind()); // the weights' precision (f32, or f64 for checks)
         let patches = images.apply(&self.patch_proj); // [B, width, H/p, W/p]
         let (b, _, grid_h, grid_w) = patches.size4().unwrap();
         let tokens = patches.flatten(2, 3).transpose(1, 2); // [B, T, width]

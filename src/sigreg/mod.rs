@@ -244,6 +244,36 @@ impl SigReg {
         self.forward_with_directions(z, &directions(dim, self.slices, self.seed, step))
     }
 
+    /// The same for a batch split over processes: `z` `[*, N_r, K]` is this process's shard, and
+    /// `sum_over_processes` sums a tensor over all `processes` (differentiably). The cos/sin sums
+    /// of the empirical characteristic function are reduced, so every process gets the statistic
+    /// of the global batch (N = N_r × processes, equal shards). Only Epps–Pulley decomposes into
+    /// per-sample sums like this.
+    pub fn forward_sharded(
+        &self,
+        z: &Tensor,
+        step: u64,
+        processes: usize,
+        sum_over_processes: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let NormalityTest::EppsPulley(ep) = self.test else {
+            bail!("only the Epps–Pulley statistic can be computed over a batch split across processes, not {}", self.test.name());
+        };
+        let dim = z.size()[z.dim() - 1];
+        let a = directions(dim, self.slices, self.seed, step).to_kind(z.kind()).to_device(z.device());
+        let local = ep.ecf_sums(&z.matmul(&a)); // [*, M, knots] each
+        let knots = local.cos.size()[local.cos.dim() - 1];
+        let global = sum_over_processes(&Tensor::cat(&[&local.cos, &local.sin], -1))?;
+        let sums = EcfSums { cos: global.narrow(-1, 0, knots), sin: global.narrow(-1, knots, knots) };
+        let n_global = z.size()[z.dim() - 2] * processes as i64;
+        let per_slice = ep.statistic_from_sums(&sums, n_global); // [*, M]
+        Ok(match self.reduction {
+            Reduction::Mean => per_slice.mean_dim(-1, false, None::<Kind>),
+            Reduction::Sum => per_slice.sum_dim_intlist(-1, false, None::<Kind>),
+            Reduction::None => per_slice,
+        })
+    }
+
     /// The same with caller-chosen directions A `[K, M]` (e.g. a fixed matrix read from a file).
     pub fn forward_with_directions(&self, z: &Tensor, directions: &Tensor) -> Tensor {
         let a = directions.to_kind(z.kind()).to_device(z.device());

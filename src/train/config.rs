@@ -54,8 +54,12 @@ pub struct Config {
     pub seed: u64,
     /// cpu, cuda or cuda:N.
     pub device: String,
-    /// f32 or bf16 (autocast).
+    /// f32, bf16 (autocast), or f64 (everything in double precision: for exactness checks).
     pub precision: String,
+    /// Distributed runs: BatchNorm statistics over the global batch (SyncBatchNorm), as a
+    /// single process would compute them. Off: each process normalises with its own shard's.
+    #[serde(default = "default_true")]
+    pub sync_batch_norm: bool,
     /// libtorch intra-op threads (default: all cores).
     pub threads: Option<usize>,
     /// Data-loading threads.
@@ -68,8 +72,16 @@ pub struct Config {
     pub eval_images: Option<usize>,
     /// Write a checkpoint every this many steps (and at the end).
     pub checkpoint_every: u64,
+    /// Also keep the backbone of every checkpoint as backbone-step<N>.safetensors (to probe how
+    /// the features evolved), instead of only the latest.
+    #[serde(default)]
+    pub keep_backbones: bool,
     /// Parent folder of run directories.
     pub out: PathBuf,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 pub const PRESETS: &[&str] = &["cpu-small", "minimal", "paper"];
@@ -102,6 +114,7 @@ impl Config {
             seed: 0,
             device: "cpu".into(),
             precision: "f32".into(),
+            sync_batch_norm: true,
             threads: None,
             workers: 2,
             online_probe: true,
@@ -109,6 +122,7 @@ impl Config {
             probe_weight_decay: 1e-7,
             eval_images: Some(2000),
             checkpoint_every: 200,
+            keep_backbones: false,
             out: "runs".into(),
         };
         Ok(match name {
@@ -172,7 +186,7 @@ impl Config {
         ensure!(self.global_views >= 1, "global_views must be at least 1");
         ensure!(self.slices >= 1, "slices must be at least 1");
         ensure!((0.0..1.0).contains(&self.drop_path), "drop_path must lie in [0, 1)");
-        ensure!(["f32", "bf16"].contains(&self.precision.as_str()), "precision must be f32 or bf16, got '{}'", self.precision);
+        ensure!(["f32", "bf16", "f64"].contains(&self.precision.as_str()), "precision must be f32, bf16 or f64, got '{}'", self.precision);
         ensure!(["lejepa", "minimal"].contains(&self.augment.as_str()), "augment must be lejepa or minimal, got '{}'", self.augment);
         ensure!(!self.projector.is_empty(), "projector needs at least one layer");
         Ok(())
@@ -277,7 +291,7 @@ pub struct ConfigArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
-    /// f32 or bf16.
+    /// f32, bf16 or f64.
     #[arg(long)]
     pub precision: Option<String>,
     #[arg(long)]
@@ -287,6 +301,9 @@ pub struct ConfigArgs {
     /// Turn the online linear probe off.
     #[arg(long)]
     pub no_online_probe: bool,
+    /// Distributed runs: normalise BatchNorm with each process's own shard instead of the global batch.
+    #[arg(long)]
+    pub no_sync_batch_norm: bool,
     #[arg(long)]
     pub probe_lr: Option<f64>,
     #[arg(long)]
@@ -295,6 +312,9 @@ pub struct ConfigArgs {
     pub eval_images: Option<usize>,
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
+    /// Keep the backbone of every checkpoint (backbone-step<N>.safetensors).
+    #[arg(long)]
+    pub keep_backbones: bool,
 }
 
 impl ConfigArgs {
@@ -320,6 +340,12 @@ impl ConfigArgs {
         }
         if self.no_online_probe {
             c.online_probe = false;
+        }
+        if self.no_sync_batch_norm {
+            c.sync_batch_norm = false;
+        }
+        if self.keep_backbones {
+            c.keep_backbones = true;
         }
         c.validate()?;
         Ok(c)

@@ -20,6 +20,7 @@ use tch::{Device, Kind, Tensor, nn};
 
 use crate::data::Dataset;
 use crate::data::loader::{Loader, LoaderConfig};
+use crate::distributed::ProcessGroup;
 use crate::models::{Arch, Encoder};
 use crate::objective::LeJepaObjective;
 use crate::sigreg::{NormalityTest, Reduction, SigReg};
@@ -64,7 +65,8 @@ impl LinearProbe {
 /// The LeJEPA forward pass of one batch: global views `[V_g·N, C, S_g, S_g]` and local views
 /// `[V_l·N, C, S_l, S_l]` (view-major) → the loss terms, and the backbone features of the global
 /// views (for the online probe). Encoder and projector run under bf16 autocast when `bf16`; the
-/// objective is always computed in f32.
+/// objective is computed in f32 (f64 for an f64 model). With a process group the batch is this
+/// process's shard of the global batch (see [`crate::distributed`]).
 pub fn lejepa_forward(
     encoder: &Encoder,
     objective: &LeJepaObjective,
@@ -74,6 +76,7 @@ pub fn lejepa_forward(
     step: u64,
     bf16: bool,
     train: bool,
+    group: Option<&ProcessGroup>,
 ) -> Result<(crate::objective::LossTerms, crate::models::Features)> {
     let n = global.size()[0] / global_views as i64;
     let autocast = bf16.then(|| crate::autocast::Bf16Autocast::new(global.device()));
@@ -85,8 +88,9 @@ pub fn lejepa_forward(
     let embeddings = Tensor::cat(&embeddings, 0); // [V·N, D], view-major
     let z = encoder.projector.forward(&embeddings, train); // [V·N, K]
     drop(autocast);
-    let z = z.to_kind(Kind::Float).view([-1, n, z.size()[1]]); // [V, N, K]
-    Ok((objective.forward(&z, global_views, step)?, global_features))
+    let kind = if z.kind() == Kind::Double { Kind::Double } else { Kind::Float };
+    let z = z.to_kind(kind).view([-1, n, z.size()[1]]); // [V, N, K]
+    Ok((objective.forward_in_group(&z, global_views, step, group)?, global_features))
 }
 
 /// What a run reports at the end (and prints as the last line of stdout with `--json`).
@@ -146,6 +150,32 @@ impl State {
         }
         all.push(("step".into(), Tensor::from(step as i64)));
         all.into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu).contiguous())).collect()
+    }
+
+    /// Makes every process's state rank 0's: weights, BatchNorm statistics, optimizer moments and
+    /// counters, and the step (returned).
+    fn broadcast_from_rank0(&mut self, group: &ProcessGroup, step: u64) -> Result<u64> {
+        // Ordered by name, so every rank sends and receives the same tensor at the same turn.
+        let by_name = |vs: &nn::VarStore| {
+            let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            named.into_iter().map(|(_, t)| t).collect::<Vec<Tensor>>()
+        };
+        let mut tensors = by_name(&self.encoder.vs);
+        tensors.extend(self.optimizer.moments());
+        if let Some((vs, _, opt)) = &self.probe {
+            tensors.extend(by_name(vs));
+            tensors.extend(opt.moments());
+        }
+        let counters = Tensor::from_slice(&[step as i64, self.optimizer.steps, self.probe.as_ref().map_or(0, |p| p.2.steps)]);
+        tensors.push(counters.shallow_clone());
+        group.broadcast_from_rank0(&tensors)?;
+        let counters = Vec::<i64>::try_from(counters)?;
+        self.optimizer.steps = counters[1];
+        if let Some((_, _, opt)) = &mut self.probe {
+            opt.steps = counters[2];
+        }
+        Ok(counters[0] as u64)
     }
 
     /// Checkpoint = one safetensors file (weights, optimizer moments, probe, step), plus the
@@ -221,15 +251,20 @@ fn probe_accuracy(encoder: &Encoder, probe: &LinearProbe, dataset: &Dataset, cro
         return None;
     }
     let features = crate::eval::features(&encoder.backbone, &dataset.test.images[..n], crop, crate::eval::FeatureKind::Probe, device);
-    let predicted = tch::no_grad(|| probe.forward(&features.to_device(device)).argmax(-1, false).to_device(Device::Cpu));
+    let features = features.to_device(device).to_kind(probe.linear.ws.kind());
+    let predicted = tch::no_grad(|| probe.forward(&features).argmax(-1, false).to_device(Device::Cpu));
     let correct = predicted.eq_tensor(&Tensor::from_slice(&labels[..n])).sum(Kind::Int64).int64_value(&[]);
     Some(correct as f64 / n as f64)
 }
 
 /// Runs a pretraining run in `run_dir` (an existing, empty folder), or with `resume` continues the
-/// one there from its checkpoint, and returns its summary.
-pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset) -> Result<Summary> {
+/// one there from its checkpoint, and returns its summary. With a process group this process is
+/// one rank of a data-parallel run: it trains on its shard of every global batch, and only rank 0
+/// reads and writes the run directory.
+pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset, group: Option<&Arc<ProcessGroup>>) -> Result<Summary> {
     let started = Instant::now();
+    let (rank, world) = group.map_or((0, 1), |g| (g.rank, g.world));
+    let leader = rank == 0;
     if let Some(threads) = config.threads {
         tch::set_num_threads(threads as i32);
     }
@@ -244,24 +279,33 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
     STOP.store(false, Ordering::SeqCst);
 
     let run_dir = run_dir.to_path_buf();
-    std::fs::write(run_dir.join("config.toml"), toml::to_string(config)?)?;
-    let meta = serde_json::json!({
-        "lejepa_version": env!("CARGO_PKG_VERSION"), "git_commit": git_commit(),
-        "libtorch_version": env!("LIBTORCH_VERSION"), "device": config.device,
-    });
-    std::fs::write(run_dir.join("meta.json"), serde_json::to_string_pretty(&meta)?)?;
+    let crop = Arc::new(config.multicrop(dataset)?);
+    if leader {
+        std::fs::write(run_dir.join("config.toml"), toml::to_string(config)?)?;
+        let meta = serde_json::json!({
+            "lejepa_version": env!("CARGO_PKG_VERSION"), "git_commit": git_commit(),
+            "libtorch_version": env!("LIBTORCH_VERSION"), "device": config.device, "processes": world,
+        });
+        std::fs::write(run_dir.join("meta.json"), serde_json::to_string_pretty(&meta)?)?;
+        std::fs::write(run_dir.join("augment.toml"), toml::to_string(&*crop)?)?; // the exact views, for the record and for evaluation
+    }
 
     // Data, model, objective, optimizers.
-    let crop = Arc::new(config.multicrop(dataset)?);
-    std::fs::write(run_dir.join("augment.toml"), toml::to_string(&*crop)?)?; // the exact views, for the record and for evaluation
     let arch = Arch::from_name(&config.arch)?;
     tch::manual_seed(config.seed as i64);
-    let encoder = Encoder::new(device, arch, dataset.channels as i64, crop.global.size as i64, config.drop_path, &config.projector)?;
+    let mut encoder = Encoder::new(device, arch, dataset.channels as i64, crop.global.size as i64, config.drop_path, &config.projector)?;
+    let f64_model = config.precision == "f64";
+    if f64_model {
+        encoder.vs.double();
+    }
     let optimizer = AdamW::new(trainable(&encoder.vs), config.weight_decay);
     let labeled = dataset.train.labels.is_some() && !dataset.classes.is_empty();
     let probe = (config.online_probe && labeled).then(|| {
-        let vs = nn::VarStore::new(device);
+        let mut vs = nn::VarStore::new(device);
         let probe = LinearProbe::new(&vs.root(), encoder.backbone.probe_dim(), dataset.classes.len() as i64);
+        if f64_model {
+            vs.double();
+        }
         let optimizer = AdamW::new(trainable(&vs), config.probe_weight_decay);
         (vs, probe, optimizer)
     });
@@ -275,9 +319,13 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
     let objective = LeJepaObjective::new(config.lambda, sigreg)?;
 
     // Steps: the schedule spans all epochs; max_steps may stop earlier.
-    let micro_batches_per_epoch = dataset.train.len() / config.batch_size;
+    let micro_batches_per_epoch = dataset.train.len() / (config.batch_size * world);
     let steps_per_epoch = (micro_batches_per_epoch / config.grad_accum) as u64;
-    ensure!(steps_per_epoch >= 1, "{} training images are too few for batch_size {} × grad_accum {}", dataset.train.len(), config.batch_size, config.grad_accum);
+    ensure!(
+        steps_per_epoch >= 1,
+        "{} training images are too few for batch_size {} × grad_accum {} × {world} process(es)",
+        dataset.train.len(), config.batch_size, config.grad_accum
+    );
     let total_steps = steps_per_epoch * config.epochs as u64;
     let last_step = config.max_steps.map_or(total_steps, |m| m.min(total_steps));
     let warmup_steps = (config.warmup_epochs * steps_per_epoch as f64).round() as u64;
@@ -292,7 +340,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
             let global = Tensor::zeros([crop.global_views as i64 * n, c, sg, sg], (Kind::Float, device));
             let local = (vl > 0).then(|| Tensor::zeros([vl * n, c, sl, sl], (Kind::Float, device)));
             let bf16 = config.precision == "bf16";
-            if let Ok((terms, _)) = lejepa_forward(&state.encoder, &objective, &global, local.as_ref(), crop.global_views, 0, bf16, false) {
+            if let Ok((terms, _)) = lejepa_forward(&state.encoder, &objective, &global, local.as_ref(), crop.global_views, 0, bf16, false, None) {
                 terms.loss.backward();
             }
         });
@@ -302,22 +350,34 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         }
     }
 
+    if let (Some(group), true) = (group, config.sync_batch_norm) {
+        state.encoder.sync_batch_norm(group);
+    }
+
     let checkpoint_path = run_dir.join("checkpoint.safetensors");
     let mut step = 0;
-    if resume {
+    if resume && leader {
         step = state.load(&checkpoint_path)?;
         eprintln!("resuming {} at step {step} of {last_step}", run_dir.display());
     }
+    if let Some(group) = group {
+        // Same start everywhere (as DDP): rank 0's fresh weights, or its checkpoint.
+        step = state.broadcast_from_rank0(group, step)?;
+    }
     let metrics_path = run_dir.join("metrics.jsonl");
-    // Keep the records up to the checkpoint: steps logged after it (a killed run) are redone.
-    let kept: String = std::fs::read_to_string(&metrics_path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| serde_json::from_str::<serde_json::Value>(line).ok().and_then(|r| r["step"].as_u64()).is_some_and(|s| s <= step))
-        .map(|line| format!("{line}\n"))
-        .collect();
-    std::fs::write(&metrics_path, kept)?;
-    let mut metrics = std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path)?;
+    let mut metrics: Box<dyn Write> = if leader {
+        // Keep the records up to the checkpoint: steps logged after it (a killed run) are redone.
+        let kept: String = std::fs::read_to_string(&metrics_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| serde_json::from_str::<serde_json::Value>(line).ok().and_then(|r| r["step"].as_u64()).is_some_and(|s| s <= step))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        std::fs::write(&metrics_path, kept)?;
+        Box::new(std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path)?)
+    } else {
+        Box::new(std::io::sink())
+    };
 
     let epoch_of = |s: u64| s / steps_per_epoch;
     let loader = Loader::new(
@@ -325,6 +385,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         crop.clone(),
         LoaderConfig {
             batch_size: config.batch_size,
+            shard: (rank, world),
             batches_per_epoch: steps_per_epoch as usize * config.grad_accum,
             seed: config.seed,
             start: (epoch_of(step), (step % steps_per_epoch) as usize * config.grad_accum),
@@ -333,7 +394,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         },
     )?;
 
-    let progress = indicatif::ProgressBar::new(last_step).with_position(step);
+    let progress = if leader { indicatif::ProgressBar::new(last_step) } else { indicatif::ProgressBar::hidden() }.with_position(step);
     progress.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
             .unwrap(),
@@ -343,14 +404,19 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
     let (mut total_wait, mut total_step_time) = (0.0, 0.0);
     let mut probe_acc = None;
     let mut interrupted = false;
-    // Fault injection for the test suite: a NaN invariance at this step.
+    // Fault injection for the test suite: a NaN invariance at this step; a crash of this process.
     let nan_at_step: Option<u64> = std::env::var("LEJEPA_FAULT_NAN_STEP").ok().and_then(|s| s.parse().ok());
+    let crash_at_step: Option<u64> = std::env::var("LEJEPA_FAULT_EXIT_STEP").ok().and_then(|s| s.parse().ok());
 
     while step < last_step {
+        if crash_at_step == Some(step) {
+            eprintln!("LEJEPA_FAULT_EXIT_STEP: rank {rank} exits at step {step}");
+            std::process::exit(3);
+        }
         let step_started = Instant::now();
         // Drop-path masks are drawn from libtorch's generator: seed it per step so a resumed run
-        // draws what an uninterrupted one would.
-        tch::manual_seed((config.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64);
+        // draws what an uninterrupted one would (and per rank, so shards draw independent masks).
+        tch::manual_seed((config.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((rank as u64) << 48)) as i64);
         let lr = schedule::learning_rate(step, total_steps, warmup_steps, config.lr, config.final_lr_ratio);
         state.optimizer.zero_grad();
         if let Some((_, _, opt)) = &mut state.probe {
@@ -365,10 +431,17 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
             let local = batch.local.as_ref().map(|l| l.to_device(device));
             let (terms, global) = lejepa_forward(
                 &state.encoder, &objective, &batch.global.to_device(device), local.as_ref(), crop.global_views, step, config.precision == "bf16", true,
+                group.map(|g| &**g),
             )?;
             let mut values = [terms.loss.double_value(&[]), terms.invariance.double_value(&[]), terms.sigreg.double_value(&[])];
             if nan_at_step == Some(step) {
                 values[1] = f64::NAN;
+            }
+            if let Some(group) = group {
+                // The global batch's loss (the mean of the shards'), the same on every rank.
+                let reduced = Tensor::from_slice(&values);
+                group.sum_in_place(&[&reduced])?;
+                values = <[f64; 3]>::try_from(Vec::<f64>::try_from(reduced / world as f64)?).unwrap();
             }
             if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
                 let term = ["loss", "invariance", "SIGReg"][bad];
@@ -378,16 +451,23 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
                     values[0], values[1], values[2], checkpoint_path.display()
                 );
             }
-            (terms.loss / config.grad_accum as f64).backward();
+            (terms.loss / config.grad_accum as f64).f_backward().map_err(|e| anyhow::anyhow!("step {step}: backward failed: {e}"))?;
             loss_sum += values[0];
             inv_sum += values[1];
             sig_sum += values[2];
             // Online probe on detached global-view features.
             if let (Some((_, probe, _)), Some(labels)) = (&state.probe, &batch.labels) {
                 let targets = labels.to_device(device).repeat([vg]);
-                let logits = probe.forward(&global.probe.detach().to_kind(Kind::Float));
+                let logits = probe.forward(&global.probe.detach().to_kind(if f64_model { Kind::Double } else { Kind::Float }));
                 (logits.cross_entropy_for_logits(&targets) / config.grad_accum as f64).backward();
             }
+        }
+        if let Some(group) = group {
+            let mut params: Vec<Tensor> = trainable(&state.encoder.vs).into_iter().map(|(_, t)| t).collect();
+            if let Some((vs, _, _)) = &state.probe {
+                params.extend(trainable(vs).into_iter().map(|(_, t)| t));
+            }
+            group.average_gradients(&params)?;
         }
         state.optimizer.step(lr);
         if let Some((_, _, opt)) = &mut state.probe {
@@ -409,7 +489,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         progress.set_position(step);
 
         let end_of_epoch = step % steps_per_epoch == 0 || step == last_step;
-        if end_of_epoch {
+        if end_of_epoch && leader {
             if let Some((_, probe, _)) = &state.probe {
                 probe_acc = probe_accuracy(&state.encoder, probe, dataset, &crop, config.eval_images, device);
                 if let Some(acc) = probe_acc {
@@ -419,15 +499,24 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
             }
         }
         interrupted = STOP.load(Ordering::SeqCst);
-        if step % config.checkpoint_every == 0 || step == last_step || interrupted {
+        if let Some(group) = group {
+            // Stop together when any process was interrupted.
+            let flag = Tensor::from(interrupted as i64);
+            group.sum_in_place(&[&flag])?;
+            interrupted = flag.int64_value(&[]) > 0;
+        }
+        if leader && (step % config.checkpoint_every == 0 || step == last_step || interrupted) {
             state.save(&run_dir, step)?;
+            if config.keep_backbones {
+                std::fs::copy(run_dir.join("backbone.safetensors"), run_dir.join(format!("backbone-step{step}.safetensors")))?;
+            }
         }
         if interrupted {
             break;
         }
     }
     progress.finish_and_clear();
-    if !checkpoint_path.exists() {
+    if leader && !checkpoint_path.exists() {
         state.save(&run_dir, step)?;
     }
 
@@ -447,9 +536,14 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         estimated_step_bytes,
         peak_resident_bytes: memory::peak_resident_bytes(),
     };
-    std::fs::write(run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
-    if let Err(e) = plots::draw(&metrics_path, &run_dir) {
-        eprintln!("warning: no plots drawn: {e:#}");
+    if leader {
+        std::fs::write(run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+        if let Err(e) = plots::draw(&metrics_path, &run_dir) {
+            eprintln!("warning: no plots drawn: {e:#}");
+        }
+    }
+    if let Some(group) = group {
+        group.barrier()?; // everyone leaves once rank 0's last checkpoint is on disk
     }
     Ok(summary)
 }

@@ -1,7 +1,7 @@
 //! AdamW exactly as `torch.optim.AdamW` (decoupled weight decay, bias-corrected moments), in Rust so
 //! that its state can be checkpointed and restored (tch's optimizers keep theirs inside C++).
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 pub struct AdamW {
     /// (name, parameter) pairs; names key the state in checkpoints.
@@ -16,7 +16,7 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(params: Vec<(String, Tensor)>, weight_decay: f64) -> AdamW {
-        let zeros = |p: &Tensor| Tensor::zeros_like(p).to_kind(Kind::Float);
+        let zeros = |p: &Tensor| Tensor::zeros_like(p);
         let exp_avg = params.iter().map(|(_, p)| zeros(p)).collect();
         let exp_avg_sq = params.iter().map(|(_, p)| zeros(p)).collect();
         AdamW { params, exp_avg, exp_avg_sq, steps: 0, betas: (0.9, 0.999), eps: 1e-8, weight_decay }
@@ -42,7 +42,7 @@ impl AdamW {
                 if !grad.defined() {
                     continue;
                 }
-                let grad = grad.to_kind(Kind::Float);
+                let grad = grad.to_kind(m.kind());
                 let mut p = p.shallow_clone();
                 let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 let _ = m.g_mul_scalar_(beta1).g_add_(&(&grad * (1.0 - beta1)));
@@ -52,6 +52,11 @@ impl AdamW {
                 let _ = p.g_sub_(&update.to_kind(p.kind()));
             }
         });
+    }
+
+    /// The moment tensors themselves (sharing storage), in parameter order.
+    pub fn moments(&self) -> Vec<Tensor> {
+        self.exp_avg.iter().chain(&self.exp_avg_sq).map(|t| t.shallow_clone()).collect()
     }
 
     /// The moments and step counter, named for a checkpoint under `prefix`.

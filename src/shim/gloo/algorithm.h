@@ -1,0 +1,2 @@
+// See README.md: only parsed, never used.
+#pragma once

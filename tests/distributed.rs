@@ -1,0 +1,190 @@
+//! Data-parallel pretraining over c10d/Gloo on this machine: two processes on 127.0.0.1, each with
+//! half of every batch, must take exactly the step one process takes on the whole batch — same
+//! loss, same weights, optimizer moments and BatchNorm statistics — and a group must fail cleanly.
+//! Runs are in f64 so that "the same" can be checked to 1e-5 relative without float32 rounding
+//! (AdamW's first steps divide by |g|, which turns rounding noise in zero gradients into updates).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tch::Tensor;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lejepa-distributed-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A small run on digits: 2 global + 2 local views, the online probe on, drop path 0.
+fn pretrain(arch: &str, batch_size: usize, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lejepa"));
+    cmd.args(["pretrain", "--data", "digits", "--arch", arch, "--projector", "64,64,16", "--slices", "32"])
+        .args(["--local-views", "2", "--workers", "1", "--threads", "1", "--eval-images", "100", "--precision", "f64"])
+        .args(["--batch-size", &batch_size.to_string(), "--json"])
+        .args(extra);
+    cmd
+}
+
+fn run_dir(output: &Output) -> PathBuf {
+    assert!(output.status.success(), "pretrain failed: {}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().expect("no output")).unwrap();
+    PathBuf::from(summary["run_dir"].as_str().unwrap())
+}
+
+/// Starts `world` ranks of the same command; returns rank 0's output after all have exited.
+fn launch(world: usize, port: u16, command: impl Fn(usize) -> Command) -> Output {
+    let mut others: Vec<Child> = (1..world)
+        .map(|rank| {
+            let mut cmd = command(rank);
+            cmd.args(["--nodes", &world.to_string(), "--rank", &rank.to_string(), "--master-port", &port.to_string()]);
+            cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+        })
+        .collect();
+    let mut cmd = command(0);
+    cmd.args(["--nodes", &world.to_string(), "--rank", "0", "--master-port", &port.to_string()]);
+    let output = cmd.output().unwrap();
+    for child in &mut others {
+        let status = child.wait().unwrap();
+        assert!(status.success() || !output.status.success(), "a non-zero rank failed while rank 0 succeeded");
+    }
+    output
+}
+
+fn losses(run_dir: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+        .collect()
+}
+
+fn checkpoint(run_dir: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(run_dir.join("checkpoint.safetensors")).unwrap().into_iter().collect()
+}
+
+/// The largest relative difference over all tensors of two checkpoints: max |a − b| / max |b| per
+/// tensor. Tensors below 1e-6 throughout are rounding noise of gradients that are zero
+/// analytically (a bias right before the projector's Linear–BatchNorm: BatchNorm removes any
+/// constant shift; Adam turns that noise into ~1e-12 updates), so they are compared against 1e-6
+/// instead of their own noise level.
+fn max_relative_difference(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> (f64, String) {
+    assert_eq!(a.len(), b.len(), "the checkpoints hold different tensors");
+    let mut worst = (0.0, String::new());
+    for (name, tb) in b {
+        let ta = a.get(name).unwrap_or_else(|| panic!("{name} missing"));
+        let (ta, tb) = (ta.to_kind(tch::Kind::Double), tb.to_kind(tch::Kind::Double));
+        let scale = tb.abs().max().double_value(&[]).max(1e-6);
+        let diff = (ta - tb).abs().max().double_value(&[]) / scale;
+        if diff > worst.0 {
+            worst = (diff, name.clone());
+        }
+    }
+    worst
+}
+
+/// Runs `steps` steps on one process (batch 2B) and on two Gloo processes (batch B each) and
+/// returns (single, distributed) run directories.
+fn single_and_distributed(arch: &str, name: &str, steps: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let out = scratch(name);
+    let single = run_dir(&pretrain(arch, 64, &[&["--max-steps", steps, "--out"], &[out.join("single").to_str().unwrap()][..], extra].concat()).output().unwrap());
+    let port = free_port();
+    let dist_out = out.join("distributed");
+    let distributed = run_dir(&launch(2, port, |_| pretrain(arch, 32, &[&["--max-steps", steps, "--out", dist_out.to_str().unwrap()][..], extra].concat())));
+    (single, distributed)
+}
+
+fn assert_same_step(single: &Path, distributed: &Path, what: &str) {
+    let (a, b) = (losses(distributed), losses(single));
+    assert_eq!(a.len(), b.len(), "{what}: both runs take the same number of steps");
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!((x - y).abs() <= 1e-9 * y.abs(), "{what}: step {} loss {x} (2 processes) vs {y} (1 process)", step + 1);
+    }
+    let (diff, name) = max_relative_difference(&checkpoint(distributed), &checkpoint(single));
+    assert!(diff <= 1e-5, "{what}: '{name}' differs by {diff:.2e} (relative) between 2 processes and 1");
+}
+
+#[test]
+fn two_gloo_processes_take_the_single_process_step_of_a_vit() {
+    let (single, distributed) = single_and_distributed("vit-tiny-patch4-depth2", "vit", "3", &[]);
+    assert_same_step(&single, &distributed, "ViT");
+    // Only rank 0 writes: one run directory, with everything in it.
+    let parent = distributed.parent().unwrap();
+    assert_eq!(std::fs::read_dir(parent).unwrap().count(), 1, "one run directory for the whole group");
+    for file in ["config.toml", "metrics.jsonl", "checkpoint.safetensors", "backbone.safetensors", "summary.json"] {
+        assert!(distributed.join(file).exists(), "{file} missing");
+    }
+}
+
+#[test]
+fn two_gloo_processes_take_the_single_process_step_of_a_resnet_with_sync_batch_norm() {
+    let (single, distributed) = single_and_distributed("resnet18-small", "resnet", "3", &[]);
+    assert_same_step(&single, &distributed, "ResNet with SyncBatchNorm");
+
+    // Without synchronisation each process normalises its own half: measurably not the same step,
+    // which shows the comparison above can fail.
+    let (single, unsynced) = single_and_distributed("resnet18-small", "resnet-unsynced", "1", &["--no-sync-batch-norm"]);
+    let (diff, _) = max_relative_difference(&checkpoint(&unsynced), &checkpoint(&single));
+    assert!(diff > 1e-4, "per-process BatchNorm should change the step, max relative difference {diff:.2e}");
+}
+
+#[test]
+fn a_distributed_run_resumes_as_a_group_onto_the_uninterrupted_run() {
+    let arch = "vit-tiny-patch4-depth2";
+    let out = scratch("resume");
+    let single = run_dir(&pretrain(arch, 64, &["--max-steps", "4", "--out", out.join("single").to_str().unwrap()]).output().unwrap());
+    let dist_out = out.join("distributed");
+    let first = run_dir(&launch(2, free_port(), |_| pretrain(arch, 32, &["--max-steps", "2", "--out", dist_out.to_str().unwrap()])));
+    let resumed = run_dir(&launch(2, free_port(), |_| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lejepa"));
+        cmd.args(["pretrain", "--resume", first.to_str().unwrap(), "--max-steps", "4", "--json"]);
+        cmd
+    }));
+    assert_eq!(resumed, first);
+    assert_same_step(&single, &resumed, "resumed group");
+}
+
+#[test]
+fn when_a_rank_dies_the_others_stop_with_a_clear_message() {
+    let out = scratch("dies");
+    let port = free_port();
+    let started = Instant::now();
+    let output = launch(2, port, |rank| {
+        let mut cmd = pretrain("resnet18-small", 32, &["--max-steps", "50", "--dist-timeout", "60", "--out", out.to_str().unwrap()]);
+        if rank == 1 {
+            cmd.env("LEJEPA_FAULT_EXIT_STEP", "2");
+        }
+        cmd
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "rank 0 must fail when rank 1 is gone");
+    assert!(stderr.contains("rank 0 of 2") && stderr.contains("another process"), "unclear message: {stderr}");
+    assert!(!stderr.contains("stack backtrace"), "a one-line error, not a crash report: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "rank 0 must not wait for the whole timeout");
+
+    // A group that never fills up gives up after --dist-timeout.
+    let started = Instant::now();
+    let mut alone = pretrain("vit-tiny-patch4-depth2", 32, &["--nodes", "2", "--rank", "0", "--dist-timeout", "2"]);
+    let output = alone.args(["--master-port", &free_port().to_string(), "--out", out.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("could not join"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30), "the rendezvous must time out");
+}
+
+#[test]
+fn launch_settings_come_from_flags_or_torchrun_variables() {
+    use lejepa::distributed::Launch;
+    let timeout = Duration::from_secs(5);
+    // One process is not distributed.
+    assert_eq!(Launch::resolve(Some(1), None, None, None, false, timeout).unwrap(), None);
+    let launch = Launch::resolve(Some(4), Some(3), Some("10.0.0.1".into()), Some(1234), true, timeout).unwrap().unwrap();
+    assert_eq!((launch.world, launch.rank, launch.master_addr.as_str(), launch.master_port, launch.backend.as_str()), (4, 3, "10.0.0.1", 1234, "nccl"));
+    let err = Launch::resolve(Some(2), Some(2), None, None, false, timeout).unwrap_err().to_string();
+    assert!(err.contains("--rank 2"), "{err}");
+}
