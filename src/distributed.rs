@@ -59,7 +59,8 @@ pub struct Launch {
 
 impl Launch {
     /// From explicit values, falling back to WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT. None when
-    /// the world is one process (nothing to distribute).
+    /// neither gives a world size (a plain single-process run); a world of one given explicitly is a
+    /// group of one (as torchrun makes it), which exercises the whole distributed path.
     pub fn resolve(
         world: Option<usize>,
         rank: Option<usize>,
@@ -76,14 +77,15 @@ impl Launch {
         }
         let world = match world {
             Some(w) => w,
-            None => env("WORLD_SIZE")?.unwrap_or(1),
+            None => match env("WORLD_SIZE")? {
+                Some(w) => w,
+                None => return Ok(None),
+            },
         };
         ensure!(world >= 1, "--nodes (WORLD_SIZE) must be at least 1");
-        if world == 1 {
-            return Ok(None);
-        }
         let rank = match rank {
             Some(r) => r,
+            None if world == 1 => 0,
             None => env("RANK")?.context("a distributed run (--nodes > 1) needs --rank or RANK")?,
         };
         ensure!(rank < world, "--rank {rank} is not below --nodes {world}");
@@ -106,6 +108,8 @@ pub struct ProcessGroup {
     raw: *mut c_void,
     pub rank: usize,
     pub world: usize,
+    /// Where the backend's tensors must live (NCCL: the process's GPU; Gloo: the CPU).
+    device: tch::Device,
 }
 
 impl std::fmt::Debug for ProcessGroup {
@@ -128,7 +132,7 @@ impl Drop for ProcessGroup {
 impl ProcessGroup {
     /// Joins the group: rank 0 hosts the store at master_addr:master_port, everyone waits until
     /// all `world` processes have arrived (up to the timeout).
-    pub fn join(launch: &Launch) -> Result<ProcessGroup> {
+    pub fn join(launch: &Launch, device: tch::Device) -> Result<ProcessGroup> {
         let backend = CString::new(launch.backend.as_str())?;
         let host = CString::new(launch.master_addr.as_str())?;
         let mut error = std::ptr::null_mut();
@@ -145,7 +149,8 @@ impl ProcessGroup {
                 launch.rank, launch.world, launch.backend, launch.master_addr, launch.master_port, launch.timeout, take_string(error)
             );
         }
-        Ok(ProcessGroup { raw, rank: launch.rank, world: launch.world })
+        let device = if launch.backend == "nccl" { device } else { tch::Device::Cpu };
+        Ok(ProcessGroup { raw, rank: launch.rank, world: launch.world, device })
     }
 
     fn check(&self, status: c_int, error: *mut c_char, what: &str) -> Result<()> {
@@ -160,11 +165,27 @@ impl ProcessGroup {
 
     /// In place: each tensor becomes its sum over all processes. No autograd.
     pub fn sum_in_place(&self, tensors: &[&Tensor]) -> Result<()> {
-        let pointers: Vec<*mut C_tensor> = tensors.iter().map(|t| t.as_ptr() as *mut C_tensor).collect();
-        let mut error = std::ptr::null_mut();
-        // SAFETY: the pointers are live tensors borrowed for the call.
-        let status = unsafe { lejepa_dist_all_reduce(self.raw, pointers.as_ptr(), pointers.len() as c_int, &mut error) };
-        self.check(status, error, "all-reduce")
+        for tensor in tensors {
+            self.on_backend_device(tensor, |t| {
+                let mut error = std::ptr::null_mut();
+                // SAFETY: `t` is a live tensor borrowed for the call.
+                let status = unsafe { lejepa_dist_all_reduce(self.raw, [t.as_ptr() as *mut C_tensor].as_ptr(), 1, &mut error) };
+                self.check(status, error, "all-reduce")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Runs an in-place collective on `tensor`, through a copy when it lives elsewhere than the
+    /// backend needs (the CPU scalars of the training loop under NCCL).
+    fn on_backend_device(&self, tensor: &Tensor, collective: impl Fn(&Tensor) -> Result<()>) -> Result<()> {
+        if tensor.device() == self.device {
+            return collective(tensor);
+        }
+        let moved = tensor.to_device(self.device);
+        collective(&moved)?;
+        tch::no_grad(|| tensor.shallow_clone().copy_(&moved));
+        Ok(())
     }
 
     /// The sum of `x` over all processes, differentiable: its backward sums the incoming gradients
@@ -182,10 +203,12 @@ impl ProcessGroup {
 
     /// In place: every process gets rank `root`'s values.
     pub fn broadcast(&self, tensor: &Tensor, root: usize) -> Result<()> {
-        let mut error = std::ptr::null_mut();
-        // SAFETY: `tensor` is live for the call.
-        let status = unsafe { lejepa_dist_broadcast(self.raw, tensor.as_ptr() as *mut C_tensor, root as c_int, &mut error) };
-        self.check(status, error, "broadcast")
+        self.on_backend_device(tensor, |t| {
+            let mut error = std::ptr::null_mut();
+            // SAFETY: `t` is live for the call.
+            let status = unsafe { lejepa_dist_broadcast(self.raw, t.as_ptr() as *mut C_tensor, root as c_int, &mut error) };
+            self.check(status, error, "broadcast")
+        })
     }
 
     /// Returns once every process has called it (an all-reduce of one number).

@@ -135,6 +135,15 @@ fn two_gloo_processes_take_the_single_process_step_of_a_resnet_with_sync_batch_n
 }
 
 #[test]
+fn a_group_of_one_takes_the_plain_single_process_step() {
+    let arch = "resnet18-small";
+    let out = scratch("one");
+    let plain = run_dir(&pretrain(arch, 64, &["--max-steps", "2", "--out", out.join("plain").to_str().unwrap()]).output().unwrap());
+    let group = run_dir(&launch(1, free_port(), |_| pretrain(arch, 64, &["--max-steps", "2", "--out", out.join("group").to_str().unwrap()])));
+    assert_same_step(&plain, &group, "group of one");
+}
+
+#[test]
 fn a_distributed_run_resumes_as_a_group_onto_the_uninterrupted_run() {
     let arch = "vit-tiny-patch4-depth2";
     let out = scratch("resume");
@@ -181,8 +190,12 @@ fn when_a_rank_dies_the_others_stop_with_a_clear_message() {
 fn launch_settings_come_from_flags_or_torchrun_variables() {
     use lejepa::distributed::Launch;
     let timeout = Duration::from_secs(5);
-    // One process is not distributed.
-    assert_eq!(Launch::resolve(Some(1), None, None, None, false, timeout).unwrap(), None);
+    // No world size anywhere: not distributed. An explicit world of one: a group of one.
+    if std::env::var("WORLD_SIZE").is_err() {
+        assert_eq!(Launch::resolve(None, None, None, None, false, timeout).unwrap(), None);
+    }
+    let one = Launch::resolve(Some(1), None, None, None, false, timeout).unwrap().unwrap();
+    assert_eq!((one.world, one.rank, one.backend.as_str()), (1, 0, "gloo"));
     let launch = Launch::resolve(Some(4), Some(3), Some("10.0.0.1".into()), Some(1234), true, timeout).unwrap().unwrap();
     assert_eq!((launch.world, launch.rank, launch.master_addr.as_str(), launch.master_port, launch.backend.as_str()), (4, 3, "10.0.0.1", 1234, "nccl"));
     let err = Launch::resolve(Some(2), Some(2), None, None, false, timeout).unwrap_err().to_string();

@@ -68,7 +68,7 @@ pub fn run(args: Args) -> Result<()> {
                     .or_else(|| info.payload().downcast_ref::<&str>().copied()).unwrap_or("panic");
                 eprintln!("error: {message}");
             }));
-            Some(Arc::new(ProcessGroup::join(launch)?))
+            Some(Arc::new(ProcessGroup::join(launch, crate::train::parse_device(&config.device)?)?))
         }
         None => None,
     };
