@@ -42,7 +42,7 @@ fn losses(run_dir: &Path) -> Vec<(u64, f64)> {
 #[test]
 fn loss_goes_down_and_the_run_reports_everything() {
     let out = scratch("down");
-    let s = summary(&tiny(&out, &[]).output().unwrap());
+    let s = summary(&tiny(&out, &["--checkpoint-every", "20", "--keep-backbones"]).output().unwrap());
     let train_images = lejepa::data::open("digits", &Default::default()).unwrap().train.len() as u64;
     assert_eq!(s["steps"], 3 * (train_images / 64), "3 epochs of whole batches of 64");
     let run_dir = PathBuf::from(s["run_dir"].as_str().unwrap());
@@ -60,6 +60,13 @@ fn loss_goes_down_and_the_run_reports_everything() {
         tch::Device::Cpu, lejepa::models::Arch::from_name("vit-tiny-patch4-depth2").unwrap(), 1, 8, 0.0, &[128, 128, 16],
     ).unwrap();
     encoder.load_backbone(&run_dir.join("backbone.safetensors")).unwrap();
+    // --keep-backbones: every checkpoint's backbone stays (steps 20, 40, 60 and the last).
+    let last = s["steps"].as_u64().unwrap();
+    for step in [20, 40, 60, last] {
+        encoder.load_backbone(&run_dir.join(format!("backbone-step{step}.safetensors"))).unwrap();
+    }
+    let kept = std::fs::read_dir(&run_dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("backbone-step")).count();
+    assert_eq!(kept, 4);
 }
 
 #[test]
@@ -81,6 +88,7 @@ fn a_killed_run_resumes_onto_the_uninterrupted_loss_curve() {
     let resumed = summary(&tiny(&out.join("unused"), &["--resume", run_dir.to_str().unwrap()]).output().unwrap());
     assert_eq!(resumed["steps"], 12);
     let curve = losses(&run_dir);
+    assert_eq!(resumed["first_loss"].as_f64(), Some(curve[0].1), "first_loss is the run's first, not the resume's");
     assert_eq!(curve.len(), reference.len(), "every step logged once");
     for ((s, a), (_, b)) in curve.iter().zip(&reference) {
         assert!((a - b).abs() <= 1e-5 * b.abs(), "step {s}: resumed loss {a}, uninterrupted {b}");

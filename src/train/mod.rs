@@ -365,6 +365,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         step = state.broadcast_from_rank0(group, step)?;
     }
     let metrics_path = run_dir.join("metrics.jsonl");
+    let mut first_loss = None; // the run's first, also when it resumes
     let mut metrics: Box<dyn Write> = if leader {
         // Keep the records up to the checkpoint: steps logged after it (a killed run) are redone.
         let kept: String = std::fs::read_to_string(&metrics_path)
@@ -373,6 +374,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
             .filter(|line| serde_json::from_str::<serde_json::Value>(line).ok().and_then(|r| r["step"].as_u64()).is_some_and(|s| s <= step))
             .map(|line| format!("{line}\n"))
             .collect();
+        first_loss = kept.lines().find_map(|line| serde_json::from_str::<serde_json::Value>(line).ok()?["loss"].as_f64());
         std::fs::write(&metrics_path, kept)?;
         Box::new(std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path)?)
     } else {
@@ -400,7 +402,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
             .unwrap(),
     );
     let vg = crop.global_views as i64;
-    let (mut first_loss, mut last_terms) = (None, None);
+    let mut last_terms = None;
     let (mut total_wait, mut total_step_time) = (0.0, 0.0);
     let mut probe_acc = None;
     let mut interrupted = false;
