@@ -9,6 +9,11 @@ torchvision v2 multi-crop transform behind a DataLoader with workers.
   python benches/reference/lejepa_step.py sigreg --n 1024 --m 1024 --views 8 --reps 5
   python benches/reference/lejepa_step.py pipeline --arch vit --batch 128 --steps 20 --workers 2
   python benches/reference/lejepa_step.py views --batch 128 --batches 20 --workers 2
+  python benches/reference/lejepa_step.py train --seconds 1800 --epochs 3 --out runs/reference
+
+`train` pretrains with lejepa's cpu-small recipe for a wall-clock budget (RESULTS.md's equal-time
+comparison) and saves the timm backbone as safetensors every --save-every seconds, for
+`lejepa probe --checkpoint FILE --arch vit-tiny-patch4-depth6`.
 
 Prints one JSON line: per-repetition throughput, FLOPs of one step (FlopCounterMode), peak memory.
 """
@@ -22,14 +27,27 @@ import torchvision
 from torchvision.transforms import v2
 
 
-def peak_growth(fn):
-    """Peak resident bytes of fn() above the resident size before it (Linux /proc)."""
+def peak_growth(fn, device="cpu"):
+    """Peak bytes of fn() above those in use before it: resident memory (Linux /proc) on the CPU,
+    the caching allocator's peak on CUDA."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     rss = lambda field: int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1]) * 1024
     before = rss("VmRSS:")
     fn()
     return rss("VmHWM:") - before
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 class SIGReg(nn.Module):
@@ -77,7 +95,7 @@ class LeJEPA(nn.Module):
         self.lamb = lamb
 
     def loss(self, global_views, local_views, n, step, bf16):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(global_views.device.type, dtype=torch.bfloat16, enabled=bf16):
             emb = [self.backbone(global_views)] + ([self.backbone(local_views)] if local_views is not None else [])
             z = self.projector(torch.cat(emb))
         z = z.float().view(-1, n, z.size(-1))
@@ -88,11 +106,11 @@ class LeJEPA(nn.Module):
 
 def model_step_bench(a):
     torch.manual_seed(0)
-    model = LeJEPA(a.arch, 1, a.global_size)
+    model = LeJEPA(a.arch, 1, a.global_size).to(a.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     n = a.batch
-    g = torch.randn(a.global_views * n, 1, a.global_size, a.global_size)
-    l = torch.randn(a.local_views * n, 1, a.local_size, a.local_size) if a.local_views else None
+    g = torch.randn(a.global_views * n, 1, a.global_size, a.global_size, device=a.device)
+    l = torch.randn(a.local_views * n, 1, a.local_size, a.local_size, device=a.device) if a.local_views else None
     bf16 = a.precision == "bf16"
 
     def step(i):
@@ -100,6 +118,7 @@ def model_step_bench(a):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sync(a.device)
 
     from torch.utils.flop_counter import FlopCounterMode
     counter = FlopCounterMode(display=False)
@@ -107,7 +126,7 @@ def model_step_bench(a):
         step(0)
     step(1)
     times = []
-    memory = peak_growth(lambda: step(2))
+    memory = peak_growth(lambda: step(2), a.device)
     for r in range(a.reps):
         t0 = time.perf_counter()
         for i in range(a.steps):
@@ -119,14 +138,15 @@ def model_step_bench(a):
 
 def sigreg_bench(a):
     torch.manual_seed(0)
-    sig = SIGReg(slices=a.m)
-    z = torch.randn(a.views, a.n, a.dim, requires_grad=True)
+    sig = SIGReg(slices=a.m).to(a.device)
+    z = torch.randn(a.views, a.n, a.dim, device=a.device, requires_grad=True)
 
     def run(i):
         sig(z, i).backward()
+        sync(a.device)
 
     run(0)
-    memory = peak_growth(lambda: run(1))
+    memory = peak_growth(lambda: run(1), a.device)
     times = []
     for r in range(a.reps):
         t0 = time.perf_counter()
@@ -189,7 +209,7 @@ def views_bench(a):
 
 def pipeline_bench(a):
     torch.manual_seed(0)
-    model = LeJEPA(a.arch, 1, a.global_size)
+    model = LeJEPA(a.arch, 1, a.global_size).to(a.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     it = iter(loader(a))
     bf16 = a.precision == "bf16"
@@ -201,18 +221,74 @@ def pipeline_bench(a):
         w0 = time.perf_counter()
         g, l = next(it)
         wait += time.perf_counter() - w0
-        g, l = torch.cat(g), (torch.cat(l) if l else None)  # view-major, as lejepa's loader
+        g, l = torch.cat(g).to(a.device), (torch.cat(l).to(a.device) if l else None)  # view-major, as lejepa's loader
         loss = model.loss(g, l, a.batch, i, bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    sync(a.device)
     elapsed = time.perf_counter() - t0
     return {"images_per_second": a.steps * a.batch / elapsed, "data_wait_fraction": wait / elapsed}
 
 
+def learning_rate(step, total, warmup, peak, final_ratio=1e-3):
+    """lejepa's schedule (src/train/schedule.rs): linear warm-up, cosine to peak × final_ratio."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    floor = peak * final_ratio
+    return floor + 0.5 * (peak - floor) * (1 + np.cos(np.pi * progress))
+
+
+def train(a):
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    model = LeJEPA(a.arch, 1, a.global_size, lamb=a.lamb)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.05)
+    data = loader(a)
+    total = len(data) * a.epochs
+    warmup = round(0.1 * len(data))
+    os.makedirs(a.out, exist_ok=True)
+    log = open(os.path.join(a.out, "metrics.jsonl"), "w")
+    t0 = time.perf_counter()
+    next_save, step, done, saved_at = a.save_every, 0, False, None
+
+    def save(elapsed):
+        nonlocal saved_at
+        saved_at = step
+        path = os.path.join(a.out, f"backbone-{round(elapsed)}s.safetensors")
+        save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, path)
+        log.write(json.dumps({"step": step, "seconds": elapsed, "backbone": path}) + "\n")
+        log.flush()
+
+    for epoch in range(a.epochs):
+        for g, l in data:
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(step, total, warmup, a.lr)
+            g, l = torch.cat(g), (torch.cat(l) if l else None)
+            loss = model.loss(g, l, a.batch, step, a.precision == "bf16")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            elapsed = time.perf_counter() - t0
+            log.write(json.dumps({"step": step, "seconds": elapsed, "loss": loss.item()}) + "\n")
+            if elapsed >= next_save:
+                save(elapsed)
+                next_save += a.save_every
+            if elapsed >= a.seconds or step >= total:
+                done = True
+                break
+        if done:
+            break
+    if saved_at != step:
+        save(time.perf_counter() - t0)
+    return {"steps": step, "seconds": time.perf_counter() - t0, "out": a.out}
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["model", "sigreg", "pipeline", "views"])
+    p.add_argument("mode", choices=["model", "sigreg", "pipeline", "views", "train"])
     p.add_argument("--arch", choices=["vit", "resnet"], default="vit")
     p.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     p.add_argument("--batch", type=int, default=128)
@@ -225,12 +301,20 @@ if __name__ == "__main__":
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="model and sigreg: cpu or cuda")
     p.add_argument("--n", type=int, default=1024)
     p.add_argument("--m", type=int, default=1024)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--views", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=1800, help="train: wall-clock budget")
+    p.add_argument("--save-every", type=float, default=600, help="train: seconds between saved backbones")
+    p.add_argument("--epochs", type=int, default=3, help="train: the schedule's length")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lamb", type=float, default=0.05)
+    p.add_argument("--out", default="runs/reference")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    result = {"model": model_step_bench, "sigreg": sigreg_bench, "pipeline": pipeline_bench, "views": views_bench}[a.mode](a)
+    modes = {"model": model_step_bench, "sigreg": sigreg_bench, "pipeline": pipeline_bench, "views": views_bench, "train": train}
+    result = modes[a.mode](a)
     result["torch"] = torch.__version__
     print(json.dumps(result))

@@ -44,6 +44,9 @@ pub struct Args {
     /// Precisions of the model-step rows.
     #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
     precisions: Vec<String>,
+    /// cpu, or cuda / cuda:N for the model, pipeline, SIGReg and GEMM rows (the reference runs on the same device).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Python with torch, timm and torchvision (scripts/setup --python).
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
@@ -70,7 +73,7 @@ fn reference(args: &Args, mode: &str, extra: &[String]) -> Result<Value> {
         .arg(&script)
         .arg(mode)
         .args(["--threads", &args.threads.to_string(), "--reps", &args.reps.to_string(), "--steps", &args.steps.to_string()])
-        .args(["--batch", &args.batch_size.to_string(), "--workers", &args.workers.to_string()])
+        .args(["--batch", &args.batch_size.to_string(), "--workers", &args.workers.to_string(), "--device", &args.device])
         .args(extra)
         .output()
         .with_context(|| format!("running {} (scripts/setup --python installs its packages)", args.python.display()))?;
@@ -79,15 +82,24 @@ fn reference(args: &Args, mode: &str, extra: &[String]) -> Result<Value> {
     Ok(serde_json::from_str(stdout.lines().last().context("reference printed nothing")?)?)
 }
 
-/// FLOP/s of a square matmul, best of 3.
-fn gemm_peak(kind: Kind) -> f64 {
-    let n = 3072;
-    let (a, b) = (Tensor::randn([n, n], (Kind::Float, Device::Cpu)).to_kind(kind), Tensor::randn([n, n], (Kind::Float, Device::Cpu)).to_kind(kind));
+/// Waits for the device's queued kernels (CUDA runs asynchronously), so timings are real.
+fn sync(device: Device) {
+    if let Device::Cuda(index) = device {
+        tch::Cuda::synchronize(index as i64);
+    }
+}
+
+/// FLOP/s of a square matmul, best of 3 (8192³ on CUDA, where 3072³ is too small to fill the GPU).
+fn gemm_peak(kind: Kind, device: Device) -> f64 {
+    let n = if device == Device::Cpu { 3072 } else { 8192 };
+    let (a, b) = (Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind), Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind));
     let _ = a.matmul(&b);
+    sync(device);
     (0..3)
         .map(|_| {
             let t = Instant::now();
             let _ = a.matmul(&b);
+            sync(device);
             2.0 * (n as f64).powi(3) / t.elapsed().as_secs_f64()
         })
         .fold(0.0, f64::max)
@@ -122,24 +134,26 @@ impl Row {
 }
 
 /// The cpu-small preset's step on pre-made tensors: (images/s per repetition, peak bytes of one step).
-fn our_model_step(args: &Args, arch: &str, bf16: bool) -> Result<(Vec<f64>, Option<u64>)> {
+fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device) -> Result<(Vec<f64>, Option<u64>)> {
     tch::manual_seed(0);
     let n = args.batch_size as i64;
-    let encoder = Encoder::new(Device::Cpu, Arch::from_name(arch)?, 1, 28, 0.0, &[512, 512, 64])?;
+    let encoder = Encoder::new(device, Arch::from_name(arch)?, 1, 28, 0.0, &[512, 512, 64])?;
     let objective = LeJepaObjective::new(0.05, SigReg { slices: 256, ..SigReg::default() })?;
     let mut optimizer = AdamW::new(trainable(&encoder.vs), 0.05);
-    let global = Tensor::randn([2 * n, 1, 28, 28], (Kind::Float, Device::Cpu));
-    let local = Tensor::randn([4 * n, 1, 12, 12], (Kind::Float, Device::Cpu));
+    let global = Tensor::randn([2 * n, 1, 28, 28], (Kind::Float, device));
+    let local = Tensor::randn([4 * n, 1, 12, 12], (Kind::Float, device));
     let mut step = |i: u64| -> Result<()> {
         optimizer.zero_grad();
         lejepa_forward(&encoder, &objective, &global, Some(&local), 2, i, bf16, true, None)?.0.loss.backward();
         optimizer.step(1e-3);
+        sync(device);
         Ok(())
     };
     step(0)?;
     step(1)?;
     let mut result = Ok(());
-    let bytes = peak_growth(|| result = step(2));
+    // Resident memory is the CPU's measure; on CUDA the step's memory is not reported.
+    let bytes = if device == Device::Cpu { peak_growth(|| result = step(2)) } else { None };
     result?;
     let mut rates = Vec::new();
     for r in 0..args.reps {
@@ -163,10 +177,10 @@ fn fashion_mnist_loader(args: &Args) -> Result<Loader> {
 }
 
 /// The whole pipeline on Fashion-MNIST: loader workers + training steps (first step excluded).
-fn our_pipeline(args: &Args, steps: usize) -> Result<(f64, f64)> {
+fn our_pipeline(args: &Args, steps: usize, device: Device) -> Result<(f64, f64)> {
     let loader = fashion_mnist_loader(args)?;
     tch::manual_seed(0);
-    let encoder = Encoder::new(Device::Cpu, Arch::from_name("vit-tiny-patch4-depth6")?, 1, 28, 0.0, &[512, 512, 64])?;
+    let encoder = Encoder::new(device, Arch::from_name("vit-tiny-patch4-depth6")?, 1, 28, 0.0, &[512, 512, 64])?;
     let objective = LeJepaObjective::new(0.05, SigReg { slices: 256, ..SigReg::default() })?;
     let mut optimizer = AdamW::new(trainable(&encoder.vs), 0.05);
     let (mut started, mut wait) = (Instant::now(), 0.0);
@@ -178,9 +192,11 @@ fn our_pipeline(args: &Args, steps: usize) -> Result<(f64, f64)> {
         let batch = loader.next();
         wait += w.elapsed().as_secs_f64();
         optimizer.zero_grad();
-        lejepa_forward(&encoder, &objective, &batch.global, batch.local.as_ref(), 2, i as u64, false, true, None)?.0.loss.backward();
+        let local = batch.local.as_ref().map(|l| l.to_device(device));
+        lejepa_forward(&encoder, &objective, &batch.global.to_device(device), local.as_ref(), 2, i as u64, false, true, None)?.0.loss.backward();
         optimizer.step(1e-3);
     }
+    sync(device);
     let elapsed = started.elapsed().as_secs_f64();
     Ok((steps as f64 * args.batch_size as f64 / elapsed, wait / elapsed))
 }
@@ -199,12 +215,14 @@ fn our_views(args: &Args, batches: usize) -> Result<f64> {
 pub fn run(args: Args) -> Result<()> {
     tch::set_num_threads(args.threads as i32);
     crate::train::memory::fix_mmap_threshold();
+    let device = crate::train::parse_device(&args.device)?;
+    ensure!(device == Device::Cpu || tch::Cuda::is_available(), "--device {}: CUDA is not available", args.device);
     let wants = |w: &str| args.workloads.iter().any(|x| x == w);
     let mut rows: Vec<Row> = Vec::new();
     let (mut peak_f32, mut peak_bf16) = (None, None);
     if wants("gemm") || wants("model") {
-        let (f32_peak, bf16_peak) = (gemm_peak(Kind::Float), gemm_peak(Kind::BFloat16));
-        println!("GEMM peak (3072³, {} threads): f32 {:.1} GFLOP/s, bf16 {:.1} GFLOP/s", args.threads, f32_peak / 1e9, bf16_peak / 1e9);
+        let (f32_peak, bf16_peak) = (gemm_peak(Kind::Float, device), gemm_peak(Kind::BFloat16, device));
+        println!("GEMM peak ({}, {} threads): f32 {:.1} GFLOP/s, bf16 {:.1} GFLOP/s", args.device, args.threads, f32_peak / 1e9, bf16_peak / 1e9);
         (peak_f32, peak_bf16) = (Some(f32_peak), Some(bf16_peak));
     }
     if wants("model") {
@@ -216,7 +234,7 @@ pub fn run(args: Args) -> Result<()> {
             };
             for precision in args.precisions.iter().map(String::as_str) {
                 eprintln!("model step: {arch} {precision} …");
-                let (ours, ours_bytes) = our_model_step(&args, arch, precision == "bf16")?;
+                let (ours, ours_bytes) = our_model_step(&args, arch, precision == "bf16", device)?;
                 let theirs = reference(&args, "model", &["--arch".into(), ref_arch.into(), "--precision".into(), precision.into()])?;
                 let their_rates: Vec<f64> = serde_json::from_value(theirs["images_per_second"].clone())?;
                 let flops = theirs["flops_per_step"].as_f64().unwrap_or(0.0);
@@ -238,7 +256,7 @@ pub fn run(args: Args) -> Result<()> {
     if wants("pipeline") {
         let steps = (args.reps * args.steps).max(4);
         eprintln!("pipeline: {steps} steps each …");
-        let (ours, wait) = our_pipeline(&args, steps)?;
+        let (ours, wait) = our_pipeline(&args, steps, device)?;
         let theirs = reference(&args, "pipeline", &["--steps".into(), steps.to_string()])?;
         rows.push(Row {
             name: "(b) pipeline vit-tiny-patch4-depth6 f32, Fashion-MNIST".into(),
@@ -266,10 +284,13 @@ pub fn run(args: Args) -> Result<()> {
         for (n, m) in [(256, 256), (1024, 1024), (4096, 256), (256, 4096), (4096, 1024), (4096, 4096)] {
             eprintln!("SIGReg N {n} M {m} …");
             let sigreg = SigReg { slices: m, ..SigReg::default() };
-            let z = Tensor::randn([8, n, 64], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-            let run = |step: u64| sigreg.forward(&z, step).mean(None::<Kind>).backward();
+            let z = Tensor::randn([8, n, 64], (Kind::Float, device)).set_requires_grad(true);
+            let run = |step: u64| {
+                sigreg.forward(&z, step).mean(None::<Kind>).backward();
+                sync(device);
+            };
             run(0);
-            let ours_bytes = peak_growth(|| run(1));
+            let ours_bytes = if device == Device::Cpu { peak_growth(|| run(1)) } else { None };
             let ours: Vec<f64> = (0..args.reps)
                 .map(|r| {
                     let t = Instant::now();
