@@ -82,6 +82,8 @@ fn weights_and_features_round_trip_with_timm() {
     let cases = [
         ("vit-small-patch16", 224, 3, 224),
         ("vit-tiny-patch16", 224, 1, 160),
+        ("vit-small-patch14-dinov2", 56, 1, 42), // DINOv2's LayerScale; timm's dinov2 at a small size
+
         ("resnet50", 224, 3, 96),
         ("resnet18", 224, 1, 64),
     ];

@@ -28,16 +28,17 @@ pub struct Features {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "family", rename_all = "kebab-case")]
 pub enum Arch {
-    Vit { width: i64, depth: i64, heads: i64, patch: i64 },
+    /// `layer_scale`: DINOv2's per-channel scaling of each residual branch (timm's `ls1`/`ls2`).
+    Vit { width: i64, depth: i64, heads: i64, patch: i64, #[serde(default)] layer_scale: bool },
     Resnet { depth: i64, small_stem: bool },
 }
 
-pub const KNOWN_ARCHS: &str = "vit-tiny, vit-small, vit-base (optionally -patchP with P in 4, 8, 14, 16 and -depthD, \
-e.g. vit-small-patch16, vit-tiny-patch4-depth6), resnet18, resnet34, resnet50 (ImageNet stem), \
+pub const KNOWN_ARCHS: &str = "vit-tiny, vit-small, vit-base (optionally -patchP with P in 4, 8, 14, 16, -depthD, \
+and -dinov2 for DINOv2's LayerScale, e.g. vit-small-patch16, vit-tiny-patch4-depth6, vit-small-patch14-dinov2), resnet18, resnet34, resnet50 (ImageNet stem), \
 resnet18-small, resnet34-small, resnet50-small (3×3 stem without max-pool, for 28–64 px images)";
 
 impl Arch {
-    /// Parses `vit-{tiny,small,base}[-patchP][-depthD]` and `resnet{18,34,50}[-small]`.
+    /// Parses `vit-{tiny,small,base}[-patchP][-depthD][-dinov2]` and `resnet{18,34,50}[-small]`.
     pub fn from_name(name: &str) -> Result<Arch> {
         let unknown = || anyhow::anyhow!("unknown architecture '{name}'; known: {KNOWN_ARCHS}");
         if let Some(rest) = name.strip_prefix("resnet") {
@@ -59,9 +60,11 @@ impl Arch {
             Some("base") => (768, 12),
             _ => return Err(unknown()),
         };
-        let (mut patch, mut depth) = (16, 12);
+        let (mut patch, mut depth, mut layer_scale) = (16, 12, false);
         for part in parts {
-            if let Some(p) = part.strip_prefix("patch") {
+            if part == "dinov2" {
+                layer_scale = true;
+            } else if let Some(p) = part.strip_prefix("patch") {
                 patch = p.parse().map_err(|_| unknown())?;
                 ensure!([4, 8, 14, 16].contains(&patch), "{name}: patch size must be 4, 8, 14 or 16");
             } else if let Some(d) = part.strip_prefix("depth") {
@@ -71,15 +74,15 @@ impl Arch {
                 return Err(unknown());
             }
         }
-        Ok(Arch::Vit { width, depth, heads, patch })
+        Ok(Arch::Vit { width, depth, heads, patch, layer_scale })
     }
 
     /// The timm model name with the same configuration, where one exists.
     pub fn timm_name(&self) -> Option<String> {
         match *self {
-            Arch::Vit { width, depth: 12, patch, .. } => {
+            Arch::Vit { width, depth: 12, patch, layer_scale, .. } => {
                 let size = match width { 192 => "tiny", 384 => "small", _ => "base" };
-                Some(format!("vit_{size}_patch{patch}_224"))
+                Some(if layer_scale { format!("vit_{size}_patch{patch}_dinov2") } else { format!("vit_{size}_patch{patch}_224") })
             }
             Arch::Resnet { depth, small_stem: false } => Some(format!("resnet{depth}")),
             _ => None,
@@ -96,9 +99,9 @@ impl Backbone {
     /// Builds the backbone under `path` for images of `in_chans` channels and `img_size` pixels.
     pub fn new(path: &nn::Path, arch: Arch, in_chans: i64, img_size: i64, drop_path: f64) -> Result<Backbone> {
         Ok(match arch {
-            Arch::Vit { width, depth, heads, patch } => {
+            Arch::Vit { width, depth, heads, patch, layer_scale } => {
                 ensure!(img_size % patch == 0, "image size {img_size} is not a multiple of the patch size {patch}");
-                let config = VitConfig { width, depth, heads, patch, in_chans, img_size, mlp_ratio: 4.0, drop_path };
+                let config = VitConfig { width, depth, heads, patch, in_chans, img_size, mlp_ratio: 4.0, drop_path, layer_scale };
                 Backbone::Vit(Vit::new(path, config))
             }
             Arch::Resnet { depth, small_stem } => {

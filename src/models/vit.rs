@@ -19,6 +19,9 @@ pub struct VitConfig {
     pub mlp_ratio: f64,
     /// Stochastic-depth rate of the last block (linearly increasing from 0 over the depth).
     pub drop_path: f64,
+    /// DINOv2's LayerScale: each residual branch times a learned per-channel γ (initialised 1e-5).
+    #[serde(default)]
+    pub layer_scale: bool,
 }
 
 struct Block {
@@ -28,6 +31,8 @@ struct Block {
     norm2: nn::LayerNorm,
     fc1: nn::Linear,
     fc2: nn::Linear,
+    /// LayerScale γ of the attention and MLP branches (DINOv2), when the model has them.
+    layer_scales: Option<(Tensor, Tensor)>,
     heads: i64,
     drop_path: f64,
 }
@@ -68,9 +73,11 @@ pub fn drop_path(branch: Tensor, rate: f64, train: bool) -> Tensor {
 }
 
 impl Block {
-    fn new(path: nn::Path, width: i64, heads: i64, mlp_ratio: f64, drop_path: f64) -> Block {
+    fn new(path: nn::Path, width: i64, heads: i64, mlp_ratio: f64, drop_path: f64, layer_scale: bool) -> Block {
         let hidden = (width as f64 * mlp_ratio) as i64;
+        let gamma = |name: &str| path.var(&format!("{name}.gamma"), &[width], nn::Init::Const(1e-5));
         Block {
+            layer_scales: layer_scale.then(|| (gamma("ls1"), gamma("ls2"))),
             norm1: layer_norm(&path / "norm1", width),
             qkv: vit_linear(&path / "attn" / "qkv", width, 3 * width),
             proj: vit_linear(&path / "attn" / "proj", width, width),
@@ -89,9 +96,15 @@ impl Block {
         let attended = Tensor::scaled_dot_product_attention(
             &qkv.get(0), &qkv.get(1), &qkv.get(2), None::<Tensor>, 0.0, false, None, false,
         ); // [B, heads, T, head_dim]
-        let attended = attended.transpose(1, 2).reshape([b, t, d]).apply(&self.proj);
+        let mut attended = attended.transpose(1, 2).reshape([b, t, d]).apply(&self.proj);
+        if let Some((gamma, _)) = &self.layer_scales {
+            attended = attended * gamma;
+        }
         let x = x + drop_path(attended, self.drop_path, train);
-        let mlp = x.apply(&self.norm2).apply(&self.fc1).gelu("none").apply(&self.fc2);
+        let mut mlp = x.apply(&self.norm2).apply(&self.fc1).gelu("none").apply(&self.fc2);
+        if let Some((_, gamma)) = &self.layer_scales {
+            mlp = mlp * gamma;
+        }
         &x + drop_path(mlp, self.drop_path, train)
     }
 }
@@ -113,7 +126,7 @@ impl Vit {
             .map(|i| {
                 // Stochastic depth grows linearly with depth, as in timm and DINO.
                 let rate = if depth > 1 { config.drop_path * i as f64 / (depth - 1) as f64 } else { config.drop_path };
-                Block::new(path / "blocks" / i, width, config.heads, config.mlp_ratio, rate)
+                Block::new(path / "blocks" / i, width, config.heads, config.mlp_ratio, rate, config.layer_scale)
             })
             .collect();
         Vit { config, patch_proj, cls_token, pos_embed, blocks, norm: layer_norm(path / "norm", width) }
