@@ -53,7 +53,7 @@ impl LeJepaObjective {
         // SIGReg of each view over the batch, averaged over all V views, global and local.
         let sigreg = match group {
             None => self.sigreg.forward(z, step),
-            Some(group) => self.sigreg.forward_sharded(z, step, group.world, &|x| group.sum(x))?,
+            Some(group) => self.sigreg.forward_sharded(z, step, group)?,
         }
         .mean(None::<Kind>);
         let loss = &invariance * (1.0 - self.lambda) + &sigreg * self.lambda;

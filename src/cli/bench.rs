@@ -16,7 +16,7 @@ use crate::data::loader::{Loader, LoaderConfig};
 use crate::models::{Arch, Encoder};
 use crate::objective::LeJepaObjective;
 use crate::sigreg::SigReg;
-use crate::train::memory::peak_growth;
+use crate::train::memory::{measure_live_memory, peak_growth, run_fast};
 use crate::train::optim::AdamW;
 use crate::train::{lejepa_forward, trainable};
 
@@ -69,7 +69,6 @@ fn spread(values: &[f64]) -> (f64, f64) {
 fn reference(args: &Args, mode: &str, extra: &[String]) -> Result<Value> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/reference/lejepa_step.py");
     let out = Command::new(&args.python)
-        .env("MALLOC_MMAP_THRESHOLD_", "262144") // as lejepa's own process: peaks measure live memory
         .arg(&script)
         .arg(mode)
         .args(["--threads", &args.threads.to_string(), "--reps", &args.reps.to_string(), "--steps", &args.steps.to_string()])
@@ -80,6 +79,15 @@ fn reference(args: &Args, mode: &str, extra: &[String]) -> Result<Value> {
     ensure!(out.status.success(), "reference {mode} failed: {}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     Ok(serde_json::from_str(stdout.lines().last().context("reference printed nothing")?)?)
+}
+
+/// Peak memory of `work`, measured with the allocator returning freed buffers (both sides do the
+/// same around their measurement, and run the timed steps with the allocator of a training run).
+fn measured(work: impl FnOnce()) -> Option<u64> {
+    measure_live_memory();
+    let bytes = peak_growth(work);
+    run_fast();
+    bytes
 }
 
 /// Waits for the device's queued kernels (CUDA runs asynchronously), so timings are real.
@@ -153,7 +161,7 @@ fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device) -> Result
     step(1)?;
     let mut result = Ok(());
     // Resident memory is the CPU's measure; on CUDA the step's memory is not reported.
-    let bytes = if device == Device::Cpu { peak_growth(|| result = step(2)) } else { None };
+    let bytes = if device == Device::Cpu { measured(|| result = step(2)) } else { None };
     result?;
     let mut rates = Vec::new();
     for r in 0..args.reps {
@@ -214,7 +222,7 @@ fn our_views(args: &Args, batches: usize) -> Result<f64> {
 
 pub fn run(args: Args) -> Result<()> {
     tch::set_num_threads(args.threads as i32);
-    crate::train::memory::fix_mmap_threshold();
+    run_fast(); // the allocator settings of a training run (the reference sets the same)
     let device = crate::train::parse_device(&args.device)?;
     ensure!(device == Device::Cpu || tch::Cuda::is_available(), "--device {}: CUDA is not available", args.device);
     let wants = |w: &str| args.workloads.iter().any(|x| x == w);
@@ -290,7 +298,7 @@ pub fn run(args: Args) -> Result<()> {
                 sync(device);
             };
             run(0);
-            let ours_bytes = if device == Device::Cpu { peak_growth(|| run(1)) } else { None };
+            let ours_bytes = if device == Device::Cpu { measured(|| run(1)) } else { None };
             let ours: Vec<f64> = (0..args.reps)
                 .map(|r| {
                     let t = Instant::now();

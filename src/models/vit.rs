@@ -75,7 +75,7 @@ pub fn drop_path(branch: Tensor, rate: f64, train: bool) -> Tensor {
 impl Block {
     fn new(path: nn::Path, width: i64, heads: i64, mlp_ratio: f64, drop_path: f64, layer_scale: bool) -> Block {
         let hidden = (width as f64 * mlp_ratio) as i64;
-        let gamma = |name: &str| path.var(&format!("{name}.gamma"), &[width], nn::Init::Const(1e-5));
+        let gamma = |name: &str| (&path / name).var("gamma", &[width], nn::Init::Const(1e-5));
         Block {
             layer_scales: layer_scale.then(|| (gamma("ls1"), gamma("ls2"))),
             norm1: layer_norm(&path / "norm1", width),

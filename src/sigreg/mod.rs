@@ -16,6 +16,8 @@ use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use crate::distributed::ProcessGroup;
+
 /// Epps–Pulley: N ∫ |φ̂_N(t) − e^{−t²/2}|² e^{−t²/2} dt, with the trapezoid rule on [−t_max, t_max].
 ///
 /// The integrand is even, so the official code evaluates only t ∈ [0, t_max] with weights
@@ -244,29 +246,27 @@ impl SigReg {
         self.forward_with_directions(z, &directions(dim, self.slices, self.seed, step))
     }
 
-    /// The same for a batch split over processes: `z` `[*, N_r, K]` is this process's shard, and
-    /// `sum_over_processes` sums a tensor over all `processes` (differentiably). The cos/sin sums
-    /// of the empirical characteristic function are reduced, so every process gets the statistic
-    /// of the global batch (N = N_r × processes, equal shards). Only Epps–Pulley decomposes into
-    /// per-sample sums like this.
-    pub fn forward_sharded(
-        &self,
-        z: &Tensor,
-        step: u64,
-        processes: usize,
-        sum_over_processes: &dyn Fn(&Tensor) -> Result<Tensor>,
-    ) -> Result<Tensor> {
+    /// The same for a batch split over the processes of `group`: `z` `[*, N_r, K]` is this
+    /// process's shard (equal shards). The cos/sin sums of the empirical characteristic function are
+    /// summed over all processes, so every process gets the statistic of the global batch
+    /// (N = N_r × processes) and, through the reduction, the gradient for its samples. Only
+    /// Epps–Pulley decomposes into per-sample sums like this.
+    pub fn forward_sharded(&self, z: &Tensor, step: u64, group: &ProcessGroup) -> Result<Tensor> {
         let NormalityTest::EppsPulley(ep) = self.test else {
             bail!("only the Epps–Pulley statistic can be computed over a batch split across processes, not {}", self.test.name());
         };
         let dim = z.size()[z.dim() - 1];
         let a = directions(dim, self.slices, self.seed, step).to_kind(z.kind()).to_device(z.device());
-        let local = ep.ecf_sums(&z.matmul(&a)); // [*, M, knots] each
-        let knots = local.cos.size()[local.cos.dim() - 1];
-        let global = sum_over_processes(&Tensor::cat(&[&local.cos, &local.sin], -1))?;
-        let sums = EcfSums { cos: global.narrow(-1, 0, knots), sin: global.narrow(-1, knots, knots) };
-        let n_global = z.size()[z.dim() - 2] * processes as i64;
-        let per_slice = ep.statistic_from_sums(&sums, n_global); // [*, M]
+        let projected = z.matmul(&a); // [*, N_r, M]
+        let per_slice = if projected.device() == tch::Device::Cpu {
+            fused::epps_pulley_sharded(&ep, &projected, group.world, &|sums| group.sum_in_place(&[sums]))?
+        } else {
+            let local = ep.ecf_sums(&projected); // [*, M, knots] each
+            let knots = local.cos.size()[local.cos.dim() - 1];
+            let global = group.sum(&Tensor::cat(&[&local.cos, &local.sin], -1))?;
+            let sums = EcfSums { cos: global.narrow(-1, 0, knots), sin: global.narrow(-1, knots, knots) };
+            ep.statistic_from_sums(&sums, projected.size()[projected.dim() - 2] * group.world as i64)
+        }; // [*, M]
         Ok(match self.reduction {
             Reduction::Mean => per_slice.mean_dim(-1, false, None::<Kind>),
             Reduction::Sum => per_slice.sum_dim_intlist(-1, false, None::<Kind>),
