@@ -26,7 +26,7 @@ unsafe extern "C" {
     fn lejepa_dist_new(backend: *const c_char, host: *const c_char, port: c_int, rank: c_int, world: c_int, timeout_ms: i64, error: *mut *mut c_char) -> *mut c_void;
     fn lejepa_dist_free(group: *mut c_void);
     fn lejepa_dist_free_string(s: *mut c_char);
-    fn lejepa_dist_all_reduce(group: *mut c_void, tensors: *const *mut C_tensor, count: c_int, error: *mut *mut c_char) -> c_int;
+    fn lejepa_dist_all_reduce(group: *mut c_void, tensor: *mut C_tensor, error: *mut *mut c_char) -> c_int;
     fn lejepa_dist_broadcast(group: *mut c_void, tensor: *mut C_tensor, root: c_int, error: *mut *mut c_char) -> c_int;
     fn lejepa_dist_all_reduce_autograd(group: *mut c_void, x: *mut C_tensor, error: *mut *mut c_char) -> *mut C_tensor;
     fn lejepa_dist_store_set(group: *mut c_void, key: *const c_char, value: *const c_char, error: *mut *mut c_char) -> c_int;
@@ -169,7 +169,7 @@ impl ProcessGroup {
             self.on_backend_device(tensor, |t| {
                 let mut error = std::ptr::null_mut();
                 // SAFETY: `t` is a live tensor borrowed for the call.
-                let status = unsafe { lejepa_dist_all_reduce(self.raw, [t.as_ptr() as *mut C_tensor].as_ptr(), 1, &mut error) };
+                let status = unsafe { lejepa_dist_all_reduce(self.raw, t.as_ptr() as *mut C_tensor, &mut error) };
                 self.check(status, error, "all-reduce")
             })?;
         }

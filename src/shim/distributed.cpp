@@ -129,16 +129,11 @@ void lejepa_dist_free_string(char* s) {
   std::free(s);
 }
 
-// In-place sum of each tensor over all processes (no autograd). Returns 0, or 1 with *error.
-int lejepa_dist_all_reduce(void* group, at::Tensor** tensors, int count, char** error) {
+// In-place sum of the tensor over all processes (no autograd). Returns 0, or 1 with *error.
+int lejepa_dist_all_reduce(void* group, at::Tensor* tensor, char** error) {
   return guarded(error, [&] {
-    std::vector<at::Tensor> list;
-    for (int i = 0; i < count; ++i) list.push_back(*tensors[i]);
-    // One call per tensor: c10d's list form means "one tensor per local device", not a batch.
-    for (auto& t : list) {
-      std::vector<at::Tensor> one{t};
-      all_reduce_sum(static_cast<Group*>(group), one);
-    }
+    std::vector<at::Tensor> one{*tensor};
+    all_reduce_sum(static_cast<Group*>(group), one);
   }) ? 0 : 1;
 }
 

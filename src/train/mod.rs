@@ -410,6 +410,14 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
     let nan_at_step: Option<u64> = std::env::var("LEJEPA_FAULT_NAN_STEP").ok().and_then(|s| s.parse().ok());
     let crash_at_step: Option<u64> = std::env::var("LEJEPA_FAULT_EXIT_STEP").ok().and_then(|s| s.parse().ok());
 
+    // The parameters whose gradients are averaged over the processes, in the same order on every rank.
+    let mut averaged_params: Vec<Tensor> = Vec::new();
+    if group.is_some() {
+        averaged_params.extend(trainable(&state.encoder.vs).into_iter().map(|(_, t)| t));
+        if let Some((vs, _, _)) = &state.probe {
+            averaged_params.extend(trainable(vs).into_iter().map(|(_, t)| t));
+        }
+    }
     while step < last_step {
         if crash_at_step == Some(step) {
             eprintln!("LEJEPA_FAULT_EXIT_STEP: rank {rank} exits at step {step}");
@@ -465,11 +473,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
             }
         }
         if let Some(group) = group {
-            let mut params: Vec<Tensor> = trainable(&state.encoder.vs).into_iter().map(|(_, t)| t).collect();
-            if let Some((vs, _, _)) = &state.probe {
-                params.extend(trainable(vs).into_iter().map(|(_, t)| t));
-            }
-            group.average_gradients(&params)?;
+            group.average_gradients(&averaged_params)?;
         }
         state.optimizer.step(lr);
         if let Some((_, _, opt)) = &mut state.probe {
