@@ -18,10 +18,11 @@ fn main() {
     }
     println!("cargo:rustc-env=LIBTORCH_VERSION={version}");
 
-    // The C++ shims, compiled against the wheel's headers: bf16 autocast (src/shim/autocast.cpp)
-    // and c10d (src/shim/distributed.cpp; gloo's own headers are not in the wheel, src/shim/gloo
-    // declares the names torch's header mentions). NCCL when the wheel is a CUDA build and the CUDA
-    // headers are installed (scripts/setup does that).
+    // The C++ shims, compiled against the wheel's headers: bf16 autocast (src/shim/autocast.cpp),
+    // AdamW's fused update (src/shim/optim.cpp) and c10d (src/shim/distributed.cpp; gloo's own headers are not in the wheel, src/shim/gloo
+    // declares the names torch's header mentions). NCCL and the CUDA allocator's counters
+    // (src/shim/cuda_memory.cpp) when the wheel is a CUDA build and the CUDA headers are installed
+    // (scripts/setup does that).
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         let root = std::path::Path::new(&lib).join("..");
         let mut build = cc::Build::new();
@@ -29,6 +30,8 @@ fn main() {
             .cpp(true)
             .file("src/shim/autocast.cpp")
             .file("src/shim/distributed.cpp")
+            .file("src/shim/cuda_memory.cpp")
+            .file("src/shim/optim.cpp")
             .include(root.join("include"))
             .include(root.join("include/torch/csrc/api/include"))
             .include("src/shim")
@@ -45,12 +48,14 @@ fn main() {
                 .include(nvidia.join("nccl/include"))
                 .define("USE_C10D_NCCL", None)
                 .define("USE_CUDA", None)
-                .define("LEJEPA_WITH_NCCL", None);
-            println!("cargo:rustc-cfg=lejepa_nccl");
+                .define("LEJEPA_WITH_NCCL", None)
+                .define("LEJEPA_WITH_CUDA", None);
+            println!("cargo:rustc-cfg=lejepa_cuda");
+            println!("cargo:rustc-link-lib=dylib=c10_cuda"); // the caching allocator (cuda_memory.cpp)
         }
         build.compile("lejepa_shim");
     }
-    println!("cargo::rustc-check-cfg=cfg(lejepa_nccl)");
+    println!("cargo::rustc-check-cfg=cfg(lejepa_cuda)");
     println!("cargo:rerun-if-changed=src/shim");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
 }

@@ -16,7 +16,7 @@ use crate::data::loader::{Loader, LoaderConfig};
 use crate::models::{Arch, Encoder};
 use crate::objective::LeJepaObjective;
 use crate::sigreg::SigReg;
-use crate::train::memory::{measure_live_memory, peak_growth, run_fast};
+use crate::train::memory::{cuda_empty_cache, cuda_peak_growth, measure_live_memory, peak_growth, run_fast};
 use crate::train::optim::AdamW;
 use crate::train::{lejepa_forward, trainable};
 
@@ -67,7 +67,10 @@ fn spread(values: &[f64]) -> (f64, f64) {
 
 /// Runs the reference script and parses its JSON line.
 fn reference(args: &Args, mode: &str, extra: &[String]) -> Result<Value> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/reference/lejepa_step.py");
+    cuda_empty_cache(); // on a GPU, our cached blocks would otherwise be missing from the reference's memory
+    // From the repository the binary runs in (a copy on another machine, a GPU one say), else where it was built.
+    let relative = PathBuf::from("benches/reference/lejepa_step.py");
+    let script = if relative.exists() { relative } else { PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative) };
     let out = Command::new(&args.python)
         .arg(&script)
         .arg(mode)
@@ -81,9 +84,18 @@ fn reference(args: &Args, mode: &str, extra: &[String]) -> Result<Value> {
     Ok(serde_json::from_str(stdout.lines().last().context("reference printed nothing")?)?)
 }
 
+/// The last non-empty line of a message (a Python traceback's verdict).
+fn last_line(message: &str) -> &str {
+    message.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(message).trim()
+}
+
 /// Peak memory of `work`, measured with the allocator returning freed buffers (both sides do the
 /// same around their measurement, and run the timed steps with the allocator of a training run).
-fn measured(work: impl FnOnce()) -> Option<u64> {
+/// On CUDA: the caching allocator's peak above what was allocated before (the reference likewise).
+fn measured(device: Device, work: impl FnOnce()) -> Option<u64> {
+    if let Device::Cuda(index) = device {
+        return cuda_peak_growth(index, work);
+    }
     measure_live_memory();
     let bytes = peak_growth(work);
     run_fast();
@@ -160,8 +172,7 @@ fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device) -> Result
     step(0)?;
     step(1)?;
     let mut result = Ok(());
-    // Resident memory is the CPU's measure; on CUDA the step's memory is not reported.
-    let bytes = if device == Device::Cpu { measured(|| result = step(2)) } else { None };
+    let bytes = measured(device, || result = step(2));
     result?;
     let mut rates = Vec::new();
     for r in 0..args.reps {
@@ -298,7 +309,7 @@ pub fn run(args: Args) -> Result<()> {
                 sync(device);
             };
             run(0);
-            let ours_bytes = if device == Device::Cpu { measured(|| run(1)) } else { None };
+            let ours_bytes = measured(device, || run(1));
             let ours: Vec<f64> = (0..args.reps)
                 .map(|r| {
                     let t = Instant::now();
@@ -311,8 +322,11 @@ pub fn run(args: Args) -> Result<()> {
             let (theirs, theirs_bytes, note) = if available.is_some_and(|kb| reference_bytes > kb * 1024 * 8 / 10) {
                 (None, None, format!("reference needs ≈{:.0} GB: not run", reference_bytes as f64 / 1e9))
             } else {
-                let v = reference(&args, "sigreg", &["--n".into(), n.to_string(), "--m".into(), m.to_string()])?;
-                (Some(serde_json::from_value(v["seconds"].clone())?), v["peak_bytes"].as_u64(), String::new())
+                match reference(&args, "sigreg", &["--n".into(), n.to_string(), "--m".into(), m.to_string()]) {
+                    Ok(v) => (Some(serde_json::from_value(v["seconds"].clone())?), v["peak_bytes"].as_u64(), String::new()),
+                    // Out of memory, typically (the reference materialises [8, N, M, 17]): a row, not the end of the table.
+                    Err(e) => (None, None, format!("reference failed: {}", last_line(&e.to_string()))),
+                }
             };
             rows.push(Row { name: format!("(c) SIGReg fwd+bwd V 8, N {n}, M {m}"), unit: "s", ours, theirs, ours_bytes, theirs_bytes, peak_fraction: None, note });
         }

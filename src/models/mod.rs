@@ -219,9 +219,12 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(device: Device, arch: Arch, in_chans: i64, img_size: i64, drop_path: f64, projector: &[i64]) -> Result<Encoder> {
-        let vs = nn::VarStore::new(device);
+        // Initialised on the CPU, then moved: the same seed gives the same weights on every device
+        // (CUDA's generator draws other numbers than the CPU's).
+        let mut vs = nn::VarStore::new(Device::Cpu);
         let backbone = Backbone::new(&(vs.root() / "backbone"), arch, in_chans, img_size, drop_path)?;
         let projector = Projector::new(&(vs.root() / "projector"), backbone.embed_dim(), projector)?;
+        vs.set_device(device);
         Ok(Encoder { vs, backbone, projector })
     }
 

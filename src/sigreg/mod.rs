@@ -66,7 +66,7 @@ impl EppsPulley {
         let weights: Vec<f64> = (0..self.knots)
             .map(|j| if j == 0 || j == self.knots - 1 { dt } else { 2.0 * dt } * phi[j])
             .collect();
-        let to = |v: &[f64]| Tensor::from_slice(v).to_kind(like.kind()).to_device(like.device());
+        let to = |v: &[f64]| to_device_nonblocking(Tensor::from_slice(v).to_kind(like.kind()), like.device());
         (to(&t), to(&phi), to(&weights))
     }
 
@@ -211,6 +211,16 @@ pub fn directions(dim: i64, slices: i64, seed: u64, step: u64) -> Tensor {
     Tensor::from_slice(&a).view([dim, slices])
 }
 
+/// A small host tensor (directions, quadrature constants) on `device` without stalling the step:
+/// on CUDA a copy from ordinary host memory waits for every kernel queued before it, so the CPU
+/// stops queueing the rest of the step; from pinned memory the copy is queued like a kernel.
+pub fn to_device_nonblocking(host: Tensor, device: tch::Device) -> Tensor {
+    match device {
+        tch::Device::Cpu => host,
+        _ => host.pin_memory(device).to_device_(device, host.kind(), true, false),
+    }
+}
+
 /// How the per-slice statistics are combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -256,7 +266,7 @@ impl SigReg {
             bail!("only the Epps–Pulley statistic can be computed over a batch split across processes, not {}", self.test.name());
         };
         let dim = z.size()[z.dim() - 1];
-        let a = directions(dim, self.slices, self.seed, step).to_kind(z.kind()).to_device(z.device());
+        let a = to_device_nonblocking(directions(dim, self.slices, self.seed, step).to_kind(z.kind()), z.device());
         let projected = z.matmul(&a); // [*, N_r, M]
         let per_slice = if projected.device() == tch::Device::Cpu {
             fused::epps_pulley_sharded(&ep, &projected, group.world, &|sums| group.sum_in_place(&[sums]))?
@@ -276,7 +286,7 @@ impl SigReg {
 
     /// The same with caller-chosen directions A `[K, M]` (e.g. a fixed matrix read from a file).
     pub fn forward_with_directions(&self, z: &Tensor, directions: &Tensor) -> Tensor {
-        let a = directions.to_kind(z.kind()).to_device(z.device());
+        let a = to_device_nonblocking(directions.to_kind(z.kind()), z.device());
         let per_slice = self.test.statistic(&z.matmul(&a)); // [*, M]
         match self.reduction {
             Reduction::Mean => per_slice.mean_dim(-1, false, None::<Kind>),

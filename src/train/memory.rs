@@ -19,6 +19,48 @@ pub fn peak_growth(work: impl FnOnce()) -> Option<u64> {
     Some(peak.saturating_sub(before) * 1024)
 }
 
+#[cfg(lejepa_cuda)]
+unsafe extern "C" {
+    fn lejepa_cuda_allocated_bytes(device: i32) -> i64;
+    fn lejepa_cuda_peak_allocated_bytes(device: i32) -> i64;
+    fn lejepa_cuda_reset_peak(device: i32);
+    fn lejepa_cuda_empty_cache();
+}
+
+/// Returns the CUDA caching allocator's free blocks to the driver (torch.cuda.empty_cache), for
+/// another process on the same GPU. Does nothing without the CUDA headers at build time.
+pub fn cuda_empty_cache() {
+    #[cfg(lejepa_cuda)]
+    // SAFETY: frees only blocks no tensor uses.
+    unsafe {
+        lejepa_cuda_empty_cache()
+    };
+}
+
+/// Peak bytes the CUDA caching allocator handed out during `work`, above those in use before it
+/// (torch.cuda.max_memory_allocated − memory_allocated, as the PyTorch reference measures).
+/// `work` must synchronise the device. None when lejepa was built without the CUDA headers.
+pub fn cuda_peak_growth(device: usize, work: impl FnOnce()) -> Option<u64> {
+    #[cfg(lejepa_cuda)]
+    {
+        let device = device as i32;
+        // SAFETY: reads and resets the allocator's counters for a device index tch has initialised.
+        let before = unsafe {
+            lejepa_cuda_reset_peak(device);
+            lejepa_cuda_allocated_bytes(device)
+        };
+        work();
+        let peak = unsafe { lejepa_cuda_peak_allocated_bytes(device) };
+        Some(peak.saturating_sub(before) as u64)
+    }
+    #[cfg(not(lejepa_cuda))]
+    {
+        let _ = device;
+        work();
+        None
+    }
+}
+
 unsafe extern "C" {
     fn mallopt(param: i32, value: i32) -> i32;
     fn malloc_trim(pad: usize) -> i32;

@@ -301,8 +301,9 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
     let optimizer = AdamW::new(trainable(&encoder.vs), config.weight_decay);
     let labeled = dataset.train.labels.is_some() && !dataset.classes.is_empty();
     let probe = (config.online_probe && labeled).then(|| {
-        let mut vs = nn::VarStore::new(device);
+        let mut vs = nn::VarStore::new(Device::Cpu); // initialised on the CPU, as the encoder
         let probe = LinearProbe::new(&vs.root(), encoder.backbone.probe_dim(), dataset.classes.len() as i64);
+        vs.set_device(device);
         if f64_model {
             vs.double();
         }
@@ -439,10 +440,20 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
             let batch = loader.next();
             wait += waited.elapsed().as_secs_f64();
             let local = batch.local.as_ref().map(|l| l.to_device(device));
+            // Copied before the step is queued (a copy from host memory waits for queued GPU work).
+            let targets = batch.labels.as_ref().filter(|_| state.probe.is_some()).map(|l| l.to_device(device).repeat([vg]));
             let (terms, global) = lejepa_forward(
                 &state.encoder, &objective, &batch.global.to_device(device), local.as_ref(), crop.global_views, step, config.precision == "bf16", true,
                 group.map(|g| &**g),
             )?;
+            (&terms.loss / config.grad_accum as f64).f_backward().map_err(|e| anyhow::anyhow!("step {step}: backward failed: {e}"))?;
+            // Online probe on detached global-view features.
+            if let (Some((_, probe, _)), Some(targets)) = (&state.probe, &targets) {
+                let logits = probe.forward(&global.probe.detach().to_kind(if f64_model { Kind::Double } else { Kind::Float }));
+                (logits.cross_entropy_for_logits(targets) / config.grad_accum as f64).backward();
+            }
+            // Read only now: on a GPU reading a value waits for the queued work, and the backward
+            // pass is queued already. A non-finite loss still stops before the optimizer step.
             let mut values = [terms.loss.double_value(&[]), terms.invariance.double_value(&[]), terms.sigreg.double_value(&[])];
             if nan_at_step == Some(step) {
                 values[1] = f64::NAN;
@@ -461,16 +472,9 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
                     values[0], values[1], values[2], checkpoint_path.display()
                 );
             }
-            (terms.loss / config.grad_accum as f64).f_backward().map_err(|e| anyhow::anyhow!("step {step}: backward failed: {e}"))?;
             loss_sum += values[0];
             inv_sum += values[1];
             sig_sum += values[2];
-            // Online probe on detached global-view features.
-            if let (Some((_, probe, _)), Some(labels)) = (&state.probe, &batch.labels) {
-                let targets = labels.to_device(device).repeat([vg]);
-                let logits = probe.forward(&global.probe.detach().to_kind(if f64_model { Kind::Double } else { Kind::Float }));
-                (logits.cross_entropy_for_logits(&targets) / config.grad_accum as f64).backward();
-            }
         }
         if let Some(group) = group {
             group.average_gradients(&averaged_params)?;

@@ -1,7 +1,18 @@
 //! AdamW exactly as `torch.optim.AdamW` (decoupled weight decay, bias-corrected moments), in Rust so
 //! that its state can be checkpointed and restored (tch's optimizers keep theirs inside C++).
 
+use std::ffi::{CStr, c_char, c_int, c_void};
+
 use tch::Tensor;
+use torch_sys::C_tensor;
+
+unsafe extern "C" {
+    fn lejepa_fused_adamw(
+        params: *mut *mut C_tensor, grads: *const *mut C_tensor, exp_avgs: *mut *mut C_tensor, exp_avg_sqs: *mut *mut C_tensor,
+        count: c_int, step: f64, lr: f64, beta1: f64, beta2: f64, weight_decay: f64, eps: f64,
+    ) -> *mut c_char;
+    fn free(pointer: *mut c_void);
+}
 
 pub struct AdamW {
     /// (name, parameter) pairs; names key the state in checkpoints.
@@ -31,27 +42,38 @@ impl AdamW {
         }
     }
 
+    /// One update of every parameter with a gradient, as torch.optim.AdamW:
+    ///   p ← p·(1 − lr·wd);  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
+    ///   p ← p − lr/(1−β1^t) · m / (√v/√(1−β2^t) + ε)
+    /// computed by ATen's fused AdamW kernel (src/shim/optim.cpp); tests/optim.rs checks it
+    /// against these formulas written out.
     pub fn step(&mut self, lr: f64) {
         self.steps += 1;
-        let (beta1, beta2) = self.betas;
-        let bias_correction1 = 1.0 - beta1.powi(self.steps as i32);
-        let bias_correction2 = 1.0 - beta2.powi(self.steps as i32);
-        tch::no_grad(|| {
-            for (((_, p), m), v) in self.params.iter().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
-                let grad = p.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                let grad = grad.to_kind(m.kind());
-                let mut p = p.shallow_clone();
-                let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
-                let _ = m.g_mul_scalar_(beta1).g_add_(&(&grad * (1.0 - beta1)));
-                let _ = v.g_mul_scalar_(beta2).g_add_(&(grad.square() * (1.0 - beta2)));
-                let denom = v.sqrt() / bias_correction2.sqrt() + self.eps;
-                let update = &*m / denom * (lr / bias_correction1);
-                let _ = p.g_sub_(&update.to_kind(p.kind()));
+        let (mut params, mut grads, mut exp_avgs, mut exp_avg_sqs) = (vec![], vec![], vec![], vec![]);
+        for (((_, p), m), v) in self.params.iter().zip(&self.exp_avg).zip(&self.exp_avg_sq) {
+            let grad = p.grad();
+            if grad.defined() {
+                params.push(p.as_ptr() as *mut C_tensor);
+                exp_avgs.push(m.as_ptr() as *mut C_tensor);
+                exp_avg_sqs.push(v.as_ptr() as *mut C_tensor);
+                grads.push(grad);
             }
-        });
+        }
+        let grad_ptrs: Vec<*mut C_tensor> = grads.iter().map(|g| g.as_ptr() as *mut C_tensor).collect();
+        let (beta1, beta2) = self.betas;
+        // SAFETY: every pointer is a live tensor borrowed for the call (the grads are held in `grads`);
+        // the shim updates params and moments in place and returns null or a malloc'd message.
+        unsafe {
+            let error = lejepa_fused_adamw(
+                params.as_mut_ptr(), grad_ptrs.as_ptr(), exp_avgs.as_mut_ptr(), exp_avg_sqs.as_mut_ptr(), params.len() as c_int,
+                self.steps as f64, lr, beta1, beta2, self.weight_decay, self.eps,
+            );
+            if !error.is_null() {
+                let message = CStr::from_ptr(error).to_string_lossy().into_owned();
+                free(error as *mut c_void);
+                panic!("AdamW step failed (parameters, gradients and moments must share kind and device): {message}");
+            }
+        }
     }
 
     /// The moment tensors themselves (sharing storage), in parameter order.

@@ -1,0 +1,29 @@
+// The CUDA caching allocator's counters, for the benchmark's memory column on a GPU (tch has no
+// binding for them). The same numbers as torch.cuda.memory_allocated / max_memory_allocated /
+// reset_peak_memory_stats, which the PyTorch reference reads. Compiled only when the CUDA headers
+// are there (build.rs); lejepa then declares these under cfg(lejepa_cuda).
+#ifdef LEJEPA_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+
+extern "C" {
+
+int64_t lejepa_cuda_allocated_bytes(int device) {
+  return c10::cuda::CUDACachingAllocator::getDeviceStats(device).allocated_bytes[0].current;  // 0: all pools
+}
+
+int64_t lejepa_cuda_peak_allocated_bytes(int device) {
+  return c10::cuda::CUDACachingAllocator::getDeviceStats(device).allocated_bytes[0].peak;
+}
+
+void lejepa_cuda_reset_peak(int device) {
+  c10::cuda::CUDACachingAllocator::resetPeakStats(device);
+}
+
+// Hands the cached blocks back to the driver (torch.cuda.empty_cache), so that another process on
+// the same GPU (the benchmark's reference) can have them.
+void lejepa_cuda_empty_cache() {
+  c10::cuda::CUDACachingAllocator::emptyCache();
+}
+
+}
+#endif
