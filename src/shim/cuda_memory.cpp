@@ -1,7 +1,22 @@
-// The CUDA caching allocator's counters, for the benchmark's memory column on a GPU (tch has no
-// binding for them). The same numbers as torch.cuda.memory_allocated / max_memory_allocated /
-// reset_peak_memory_stats, which the PyTorch reference reads. Compiled only when the CUDA headers
-// are there (build.rs); lejepa then declares these under cfg(lejepa_cuda).
+// Host and GPU memory where tch has no binding.
+#include <ATen/ATen.h>
+
+extern "C" {
+
+// host.pin_memory().to(device, non_blocking=true): a copy queued like a kernel instead of one
+// that waits for the GPU (tch's pin_memory passes the deprecated device argument, which warns at
+// every call).
+at::Tensor* lejepa_to_device_nonblocking(at::Tensor* host, int device_index) {
+  auto device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device_index));
+  return new at::Tensor(host->pin_memory().to(device, /*non_blocking=*/true));
+}
+
+}
+
+// The CUDA caching allocator's counters, for the benchmark's memory column on a GPU. The same
+// numbers as torch.cuda.memory_allocated / max_memory_allocated / reset_peak_memory_stats, which
+// the PyTorch reference reads. Compiled only when the CUDA headers are there (build.rs); lejepa
+// then declares these under cfg(lejepa_cuda).
 #ifdef LEJEPA_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 

@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
+use torch_sys::C_tensor;
 
 use crate::distributed::ProcessGroup;
 
@@ -216,9 +217,16 @@ pub fn directions(dim: i64, slices: i64, seed: u64, step: u64) -> Tensor {
 /// stops queueing the rest of the step; from pinned memory the copy is queued like a kernel.
 pub fn to_device_nonblocking(host: Tensor, device: tch::Device) -> Tensor {
     match device {
-        tch::Device::Cpu => host,
-        _ => host.pin_memory(device).to_device_(device, host.kind(), true, false),
+        tch::Device::Cuda(index) => {
+            // SAFETY: `host` is a live tensor; the shim returns a new tensor that we own.
+            unsafe { Tensor::from_ptr(lejepa_to_device_nonblocking(host.as_ptr() as *mut C_tensor, index as i32)) }
+        }
+        _ => host.to_device(device),
     }
+}
+
+unsafe extern "C" {
+    fn lejepa_to_device_nonblocking(host: *mut C_tensor, device: i32) -> *mut C_tensor; // src/shim/cuda_memory.cpp
 }
 
 /// How the per-slice statistics are combined.
