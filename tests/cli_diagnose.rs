@@ -39,12 +39,25 @@ fn isotropic_low_rank_and_collapsed_embeddings_are_told_apart() {
     assert!(sigreg > 0.3 && sigreg < 3.0, "N(0,1) embeddings should sit near the optimum ≈1.05, got {sigreg}");
     assert!(report["effective_rank"].as_f64().unwrap() > 15.0);
 
+    // One channel 1000× louder: the covariance's rank drops to ≈1, the correlation's does not move
+    // (scaling a column leaves the correlation matrix unchanged).
+    let loud = scratch("loud.npy");
+    let scale = Tensor::ones([16], (Kind::Float, tch::Device::Cpu)).index_fill(0, &Tensor::from_slice(&[3i64]), 1000.0);
+    (Tensor::randn([2048, 16], (Kind::Float, tch::Device::Cpu)) * scale).write_npy(&loud).unwrap();
+    let loud_report = diagnose_json(&loud, &[]);
+    assert!(loud_report["effective_rank"].as_f64().unwrap() < 1.01);
+    let correlation_rank = loud_report["correlation_effective_rank"].as_f64().unwrap();
+    assert!(correlation_rank > 15.0, "correlation rank of independent channels: {correlation_rank}");
+    assert!(report["correlation_effective_rank"].as_f64().unwrap() > 15.0);
+
     // Rank 3: 16 columns that are combinations of 3 latent factors.
     let low_rank = scratch("low_rank.npy");
     let factors = Tensor::randn([1000, 3], (Kind::Double, tch::Device::Cpu));
     factors.matmul(&Tensor::randn([3, 16], (Kind::Double, tch::Device::Cpu))).write_npy(&low_rank).unwrap();
     let rank = diagnose_json(&low_rank, &[])["effective_rank"].as_f64().unwrap();
     assert!(rank > 1.0 && rank <= 3.0 + 1e-9, "effective rank of rank-3 data: {rank}");
+    let rank = diagnose_json(&low_rank, &[])["correlation_effective_rank"].as_f64().unwrap();
+    assert!(rank > 1.0 && rank <= 3.0 + 1e-6, "correlation rank of rank-3 data: {rank}");
 
     // Collapsed: every projection is 0, so Epps–Pulley is N Σ w (1 − e^{−t²/2})² = 205.848 at N = 512.
     let collapsed = scratch("collapsed.npy");
@@ -52,6 +65,7 @@ fn isotropic_low_rank_and_collapsed_embeddings_are_told_apart() {
     let report = diagnose_json(&collapsed, &["--slices", "64"]);
     assert!((report["sigreg"].as_f64().unwrap() - 205.848).abs() < 1e-3);
     assert_eq!(report["effective_rank"].as_f64().unwrap(), 0.0);
+    assert_eq!(report["correlation_effective_rank"].as_f64().unwrap(), 0.0);
 }
 
 #[test]

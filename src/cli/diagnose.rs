@@ -70,7 +70,8 @@ pub fn run(args: Args) -> Result<()> {
             "{}",
             json!({
                 "sigreg": statistic, "test": test.name(), "slices": sigreg.slices, "n": n, "dim": dim,
-                "effective_rank": spectrum.effective_rank, "eigenvalues": spectrum.eigenvalues,
+                "effective_rank": spectrum.effective_rank, "correlation_effective_rank": spectrum.correlation_effective_rank,
+                "eigenvalues": spectrum.eigenvalues,
                 "mean": spectrum.mean, "std": spectrum.std,
             })
         );
@@ -97,6 +98,6 @@ pub fn run(args: Args) -> Result<()> {
     println!("per-dimension std:  {}", summary(&spectrum.std));
     let shown: Vec<String> = spectrum.eigenvalues.iter().take(10).map(|e| format!("{e:.4}")).collect();
     println!("covariance eigenvalues (largest {} of {dim}): {}", shown.len(), shown.join(" "));
-    println!("effective rank: {:.2} of {dim}", spectrum.effective_rank);
+    println!("effective rank: {:.2} of {dim} (covariance), {:.2} (correlation: every dimension at unit variance)", spectrum.effective_rank, spectrum.correlation_effective_rank);
     Ok(())
 }
