@@ -67,7 +67,9 @@ fn spread(values: &[f64]) -> (f64, f64) {
 
 /// Runs the reference script and parses its JSON line.
 fn reference(args: &Args, mode: &str, extra: &[String]) -> Result<Value> {
-    cuda_empty_cache(); // on a GPU, our cached blocks would otherwise be missing from the reference's memory
+    if args.device.starts_with("cuda") {
+        cuda_empty_cache(); // our cached blocks would otherwise be missing from the reference's GPU memory
+    }
     // From the repository the binary runs in (a copy on another machine, a GPU one say), else where it was built.
     let relative = PathBuf::from("benches/reference/lejepa_step.py");
     let script = if relative.exists() { relative } else { PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative) };
