@@ -30,6 +30,9 @@ pub struct Args {
     reps: usize,
     #[arg(long, default_value_t = 2)]
     steps: usize,
+    /// Model-step rows: alternating rounds of (lejepa, reference), each of --reps repetitions.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
     /// Intra-op threads for both sides, and data-loading workers for the pipeline rows.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -238,6 +241,7 @@ pub fn run(args: Args) -> Result<()> {
     run_fast(); // the allocator settings of a training run (the reference sets the same)
     let device = crate::train::parse_device(&args.device)?;
     ensure!(device == Device::Cpu || tch::Cuda::is_available(), "--device {}: CUDA is not available", args.device);
+    ensure!(args.rounds >= 1 && args.reps >= 1 && args.steps >= 1, "--rounds, --reps and --steps must be at least 1");
     let wants = |w: &str| args.workloads.iter().any(|x| x == w);
     let mut rows: Vec<Row> = Vec::new();
     let (mut peak_f32, mut peak_bf16) = (None, None);
@@ -255,9 +259,15 @@ pub fn run(args: Args) -> Result<()> {
             };
             for precision in args.precisions.iter().map(String::as_str) {
                 eprintln!("model step: {arch} {precision} …");
-                let (ours, ours_bytes) = our_model_step(&args, arch, precision == "bf16", device)?;
-                let theirs = reference(&args, "model", &["--arch".into(), ref_arch.into(), "--precision".into(), precision.into()])?;
-                let their_rates: Vec<f64> = serde_json::from_value(theirs["images_per_second"].clone())?;
+                // Alternating rounds: a slow spell of a noisy machine then falls on both sides.
+                let (mut ours, mut their_rates, mut ours_bytes, mut theirs) = (Vec::new(), Vec::new(), None, Value::Null);
+                for _ in 0..args.rounds {
+                    let (rates, bytes) = our_model_step(&args, arch, precision == "bf16", device)?;
+                    ours.extend(rates);
+                    ours_bytes = ours_bytes.or(bytes);
+                    theirs = reference(&args, "model", &["--arch".into(), ref_arch.into(), "--precision".into(), precision.into()])?;
+                    their_rates.extend(serde_json::from_value::<Vec<f64>>(theirs["images_per_second"].clone())?);
+                }
                 let flops = theirs["flops_per_step"].as_f64().unwrap_or(0.0);
                 let peak = if precision == "bf16" { peak_bf16 } else { peak_f32 }.unwrap();
                 let fraction = |rate: f64| flops * rate / args.batch_size as f64 / peak;
