@@ -46,6 +46,7 @@ fn run(kind: Kind, tolerance: f64) {
     };
     for (step, lr) in [1e-2, 3e-3, 5e-2, 1e-3, 2e-2].into_iter().enumerate() {
         fused.zero_grad();
+        assert!(params.iter().all(|p| !p.grad().defined()), "zero_grad drops the gradients (set_to_none)");
         // A loss whose gradient differs from step to step and from element to element.
         let loss: Tensor = params.iter().map(|p| (p * (step as f64 + 1.0)).sin().sum(kind) + p.square().sum(kind) * 0.3).sum();
         loss.backward();

@@ -36,4 +36,10 @@ char* lejepa_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** e
   }
 }
 
+// param.grad = None (torch's zero_grad(set_to_none=True)): the next backward pass writes a fresh
+// gradient instead of adding into a buffer that zero_grad first had to fill with zeros.
+void lejepa_clear_grad(at::Tensor* param) {
+  param->mutable_grad() = at::Tensor();
+}
+
 }

@@ -11,6 +11,7 @@ unsafe extern "C" {
         params: *mut *mut C_tensor, grads: *const *mut C_tensor, exp_avgs: *mut *mut C_tensor, exp_avg_sqs: *mut *mut C_tensor,
         count: c_int, step: f64, lr: f64, beta1: f64, beta2: f64, weight_decay: f64, eps: f64,
     ) -> *mut c_char;
+    fn lejepa_clear_grad(param: *mut C_tensor);
     fn free(pointer: *mut c_void);
 }
 
@@ -33,12 +34,12 @@ impl AdamW {
         AdamW { params, exp_avg, exp_avg_sq, steps: 0, betas: (0.9, 0.999), eps: 1e-8, weight_decay }
     }
 
+    /// Drops the gradients, as torch's `zero_grad(set_to_none=True)` (the reference's and PyTorch's
+    /// default): the next backward pass writes fresh gradients instead of adding into zero-filled ones.
     pub fn zero_grad(&mut self) {
         for (_, p) in &self.params {
-            let mut grad = p.grad();
-            if grad.defined() {
-                let _ = grad.detach_().zero_();
-            }
+            // SAFETY: `p` is a live tensor; the shim only resets its gradient slot.
+            unsafe { lejepa_clear_grad(p.as_ptr() as *mut C_tensor) };
         }
     }
 
