@@ -19,10 +19,10 @@ fn main() {
     println!("cargo:rustc-env=LIBTORCH_VERSION={version}");
 
     // The C++ shims, compiled against the wheel's headers: bf16 autocast (src/shim/autocast.cpp),
-    // AdamW's fused update (src/shim/optim.cpp) and c10d (src/shim/distributed.cpp; gloo's own headers are not in the wheel, src/shim/gloo
-    // declares the names torch's header mentions). NCCL and the CUDA allocator's counters
-    // (src/shim/cuda_memory.cpp) when the wheel is a CUDA build and the CUDA headers are installed
-    // (scripts/setup does that).
+    // AdamW's fused update (src/shim/optim.cpp), host-to-GPU copies (src/shim/cuda_memory.cpp) and
+    // c10d (src/shim/distributed.cpp; gloo's own headers are not in the wheel, src/shim/gloo declares
+    // the names torch's header mentions). NCCL and the CUDA allocator's counters when the wheel is a
+    // CUDA build and the CUDA headers are installed (scripts/setup does that).
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         let root = std::path::Path::new(&lib).join("..");
         let mut build = cc::Build::new();

@@ -45,8 +45,8 @@ pub fn spectrum(embeddings: &Tensor) -> Spectrum {
     let std = x.std_dim(0, true, false);
     let varying = std.gt(1e-12 * (std.max().double_value(&[]) + f64::MIN_POSITIVE));
     let scale = std.where_scalarother(&varying, 1.0);
-    let correlation = (covariance / scale.outer(&scale)).index_select(0, &varying.nonzero().squeeze_dim(1));
-    let correlation = correlation.index_select(1, &varying.nonzero().squeeze_dim(1));
+    let kept = varying.nonzero().squeeze_dim(1); // the non-constant dimensions
+    let correlation = (covariance / scale.outer(&scale)).index_select(0, &kept).index_select(1, &kept);
     let correlation_eigenvalues = Vec::<f64>::try_from(correlation.linalg_eigvalsh("L")).unwrap();
     Spectrum {
         n,
