@@ -17,7 +17,7 @@ comparison) and saves the timm backbone as safetensors every --save-every second
 
 Prints one JSON line: per-repetition throughput, FLOPs of one step (FlopCounterMode), peak memory.
 """
-import argparse, gzip, json, os, time
+import argparse, gzip, json, os, resource, time
 
 import numpy as np
 import torch
@@ -29,13 +29,30 @@ from torchvision.transforms import v2
 
 import ctypes
 _libc = ctypes.CDLL("libc.so.6")
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+MALLOC = "glibc"  # --malloc
 
 
 def run_fast():
-    """lejepa's allocator settings for running (src/train/memory.rs): glibc's dynamic steady state."""
-    _libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
-    _libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
+    """The allocator settings for the timed steps. glibc: its dynamic steady state (buffers above
+    32 MiB mapped afresh, the heap trimmed above 64 MiB free), what any PyTorch program runs with;
+    set explicitly because peak_growth fixes the threshold. lejepa: src/train/memory.rs's run_fast
+    (every buffer from the heap, never trimmed)."""
+    if MALLOC == "lejepa":
+        _libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+        _libc.mallopt(M_MMAP_MAX, 0)
+    else:
+        _libc.mallopt(M_MMAP_MAX, 65536)
+        _libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        _libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
+
+
+def measure_settings():
+    """lejepa's measure_live_memory: large buffers mapped and returned on free. Set before the
+    warm-up steps too, or they leave free heap chunks that the measured step reuses and keeps."""
+    _libc.mallopt(M_MMAP_MAX, 65536)
+    _libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+    _libc.mallopt(M_MMAP_THRESHOLD, 256 * 1024)
 
 
 def peak_growth(fn, device="cpu"):
@@ -49,7 +66,7 @@ def peak_growth(fn, device="cpu"):
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
-    _libc.mallopt(M_MMAP_THRESHOLD, 256 * 1024)
+    measure_settings()
     _libc.malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -138,18 +155,23 @@ def model_step_bench(a):
 
     from torch.utils.flop_counter import FlopCounterMode
     counter = FlopCounterMode(display=False)
+    if not a.skip_memory:
+        measure_settings()
     with counter:
         step(0)
     step(1)
     times = []
-    memory = peak_growth(lambda: step(2), a.device)
+    memory = None if a.skip_memory else peak_growth(lambda: step(2), a.device)
+    step(3)  # settles the running allocator settings before timing
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for r in range(a.reps):
         t0 = time.perf_counter()
         for i in range(a.steps):
-            step(3 + r * a.steps + i)
+            step(4 + r * a.steps + i)
         times.append((time.perf_counter() - t0) / a.steps)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / (a.reps * a.steps)
     return {"images_per_second": [n / t for t in times], "step_seconds": times, "flops_per_step": counter.get_total_flops(),
-            "peak_bytes": memory}
+            "peak_bytes": memory, "page_faults_per_step": faults}
 
 
 def sigreg_bench(a):
@@ -161,6 +183,7 @@ def sigreg_bench(a):
         sig(z, i).backward()
         sync(a.device)
 
+    measure_settings()
     run(0)
     memory = peak_growth(lambda: run(1), a.device)
     times = []
@@ -314,6 +337,7 @@ if __name__ == "__main__":
     p.add_argument("--local-size", type=int, default=12)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--skip-memory", action="store_true", help="model: time only (a later round of the same row)")
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
@@ -328,10 +352,12 @@ if __name__ == "__main__":
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--lamb", type=float, default=0.05)
     p.add_argument("--out", default="runs/reference")
+    p.add_argument("--malloc", choices=["glibc", "lejepa"], default="glibc", help="allocator settings of the timed steps")
     a = p.parse_args()
+    MALLOC = a.malloc
     torch.set_num_threads(a.threads)
     if a.mode != "train":
-        run_fast()  # the same allocator settings as lejepa's side of the benchmark
+        run_fast()  # peak_growth changes them; the timed steps run with these
     modes = {"model": model_step_bench, "sigreg": sigreg_bench, "pipeline": pipeline_bench, "views": views_bench, "train": train}
     result = modes[a.mode](a)
     result["torch"] = torch.__version__

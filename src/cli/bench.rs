@@ -16,7 +16,7 @@ use crate::data::loader::{Loader, LoaderConfig};
 use crate::models::{Arch, Encoder};
 use crate::objective::LeJepaObjective;
 use crate::sigreg::SigReg;
-use crate::train::memory::{cuda_empty_cache, cuda_peak_growth, measure_live_memory, peak_growth, run_fast};
+use crate::train::memory::{cuda_empty_cache, cuda_peak_growth, measure_live_memory, minor_page_faults, peak_growth, run_fast};
 use crate::train::optim::AdamW;
 use crate::train::{lejepa_forward, trainable};
 
@@ -53,6 +53,10 @@ pub struct Args {
     /// Python with torch, timm and torchvision (scripts/setup --python).
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
+    /// The reference's allocator settings: glibc (its steady state, what any PyTorch program runs
+    /// with) or lejepa (ours: heap only, never trimmed), to tell the allocator's share of a ratio.
+    #[arg(long, default_value = "glibc", value_parser = ["glibc", "lejepa"])]
+    reference_malloc: String,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -81,6 +85,7 @@ fn reference(args: &Args, mode: &str, extra: &[String]) -> Result<Value> {
         .arg(mode)
         .args(["--threads", &args.threads.to_string(), "--reps", &args.reps.to_string(), "--steps", &args.steps.to_string()])
         .args(["--batch", &args.batch_size.to_string(), "--workers", &args.workers.to_string(), "--device", &args.device])
+        .args(["--malloc", &args.reference_malloc])
         .args(extra)
         .output()
         .with_context(|| format!("running {} (scripts/setup --python installs its packages)", args.python.display()))?;
@@ -158,8 +163,10 @@ impl Row {
     }
 }
 
-/// The cpu-small preset's step on pre-made tensors: (images/s per repetition, peak bytes of one step).
-fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device) -> Result<(Vec<f64>, Option<u64>)> {
+/// The cpu-small preset's step on pre-made tensors: (images/s per repetition, peak bytes of one
+/// step, minor page faults per timed step). The memory is measured only when `measure_memory`
+/// (the first round of a row).
+fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device, measure_memory: bool) -> Result<(Vec<f64>, Option<u64>, f64)> {
     tch::manual_seed(0);
     let n = args.batch_size as i64;
     let encoder = Encoder::new(device, Arch::from_name(arch)?, 1, 28, 0.0, &[512, 512, 64])?;
@@ -174,20 +181,32 @@ fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device) -> Result
         sync(device);
         Ok(())
     };
-    step(0)?;
-    step(1)?;
-    let mut result = Ok(());
-    let bytes = measured(device, || result = step(2));
-    result?;
+    let mut bytes = None;
+    if measure_memory {
+        // The warm-up steps too: under the running settings they would leave a heap of free
+        // chunks that the measured step reuses and never gives back, counting freed memory as live.
+        measure_live_memory();
+        step(0)?;
+        step(1)?;
+        let mut result = Ok(());
+        bytes = measured(device, || result = step(2));
+        result?;
+    } else {
+        step(0)?;
+        step(1)?;
+    }
+    step(3)?; // settles the running allocator settings before timing
     let mut rates = Vec::new();
+    let faults_before = minor_page_faults();
     for r in 0..args.reps {
         let t = Instant::now();
         for i in 0..args.steps {
-            step((3 + r * args.steps + i) as u64)?;
+            step((4 + r * args.steps + i) as u64)?;
         }
         rates.push(args.batch_size as f64 * args.steps as f64 / t.elapsed().as_secs_f64());
     }
-    Ok((rates, bytes))
+    let faults_per_step = (minor_page_faults() - faults_before) as f64 / (args.reps * args.steps) as f64;
+    Ok((rates, bytes, faults_per_step))
 }
 
 /// The cpu-small views of Fashion-MNIST, as training loads them.
@@ -238,7 +257,7 @@ fn our_views(args: &Args, batches: usize) -> Result<f64> {
 
 pub fn run(args: Args) -> Result<()> {
     tch::set_num_threads(args.threads as i32);
-    run_fast(); // the allocator settings of a training run (the reference sets the same)
+    run_fast(); // the allocator settings of a training run (the reference's: --reference-malloc)
     let device = crate::train::parse_device(&args.device)?;
     ensure!(device == Device::Cpu || tch::Cuda::is_available(), "--device {}: CUDA is not available", args.device);
     ensure!(args.rounds >= 1 && args.reps >= 1 && args.steps >= 1, "--rounds, --reps and --steps must be at least 1");
@@ -260,15 +279,24 @@ pub fn run(args: Args) -> Result<()> {
             for precision in args.precisions.iter().map(String::as_str) {
                 eprintln!("model step: {arch} {precision} …");
                 // Alternating rounds: a slow spell of a noisy machine then falls on both sides.
-                let (mut ours, mut their_rates, mut ours_bytes, mut theirs) = (Vec::new(), Vec::new(), None, Value::Null);
-                for _ in 0..args.rounds {
-                    let (rates, bytes) = our_model_step(&args, arch, precision == "bf16", device)?;
+                let (mut ours, mut their_rates, mut ours_bytes, mut theirs_bytes) = (Vec::new(), Vec::new(), None, None);
+                let (mut flops, mut ours_faults, mut their_faults) = (0.0, Vec::new(), Vec::new());
+                for round in 0..args.rounds {
+                    let first = round == 0;
+                    let (rates, bytes, faults) = our_model_step(&args, arch, precision == "bf16", device, first)?;
                     ours.extend(rates);
+                    ours_faults.push(faults);
                     ours_bytes = ours_bytes.or(bytes);
-                    theirs = reference(&args, "model", &["--arch".into(), ref_arch.into(), "--precision".into(), precision.into()])?;
+                    let mut extra = vec!["--arch".to_string(), ref_arch.into(), "--precision".into(), precision.into()];
+                    if !first {
+                        extra.push("--skip-memory".into());
+                    }
+                    let theirs = reference(&args, "model", &extra)?;
                     their_rates.extend(serde_json::from_value::<Vec<f64>>(theirs["images_per_second"].clone())?);
+                    their_faults.push(theirs["page_faults_per_step"].as_f64().unwrap_or(f64::NAN));
+                    theirs_bytes = theirs_bytes.or(theirs["peak_bytes"].as_u64());
+                    flops = theirs["flops_per_step"].as_f64().unwrap_or(0.0);
                 }
-                let flops = theirs["flops_per_step"].as_f64().unwrap_or(0.0);
                 let peak = if precision == "bf16" { peak_bf16 } else { peak_f32 }.unwrap();
                 let fraction = |rate: f64| flops * rate / args.batch_size as f64 / peak;
                 rows.push(Row {
@@ -278,8 +306,13 @@ pub fn run(args: Args) -> Result<()> {
                     ours,
                     theirs: Some(their_rates),
                     ours_bytes,
-                    theirs_bytes: theirs["peak_bytes"].as_u64(),
-                    note: format!("{:.1} GFLOP/step (FlopCounterMode)", flops / 1e9),
+                    theirs_bytes,
+                    note: format!(
+                        "{:.1} GFLOP/step (FlopCounterMode); minor page faults per timed step ours / ref: {:.0} / {:.0}",
+                        flops / 1e9,
+                        median(&ours_faults),
+                        median(&their_faults)
+                    ),
                 });
             }
         }
@@ -320,6 +353,7 @@ pub fn run(args: Args) -> Result<()> {
                 sigreg.forward(&z, step).mean(None::<Kind>).backward();
                 sync(device);
             };
+            measure_live_memory(); // for the warm-up too (see our_model_step)
             run(0);
             let ours_bytes = measured(device, || run(1));
             let ours: Vec<f64> = (0..args.reps)

@@ -10,6 +10,15 @@ fn proc_kb(file: &str, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Minor page faults of this process so far (field 10 of /proc/self/stat); 0 where /proc cannot tell.
+/// A fault per fresh page touched: a step that reuses its buffers takes few.
+pub fn minor_page_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (field 2) may hold spaces; fields after its closing parenthesis are plain.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_name.split_whitespace().nth(7).and_then(|f| f.parse().ok()).unwrap_or(0)
+}
+
 /// Peak resident bytes of `work` above the resident size before it (None where /proc cannot tell).
 pub fn peak_growth(work: impl FnOnce()) -> Option<u64> {
     std::fs::write("/proc/self/clear_refs", "5").ok()?; // resets VmHWM to the current RSS
@@ -68,6 +77,7 @@ unsafe extern "C" {
 
 const M_TRIM_THRESHOLD: i32 = -1;
 const M_MMAP_THRESHOLD: i32 = -3;
+const M_MMAP_MAX: i32 = -4;
 
 /// For measuring: glibc raises its mmap threshold after large frees, after which freed tensors
 /// stay resident and peaks stop measuring live memory; a low fixed threshold keeps large buffers
@@ -76,19 +86,23 @@ const M_MMAP_THRESHOLD: i32 = -3;
 pub fn measure_live_memory() {
     // SAFETY: mallopt and malloc_trim only change allocator tuning and return free memory.
     unsafe {
+        mallopt(M_MMAP_MAX, 65536); // glibc's defaults, undoing run_fast
+        mallopt(M_TRIM_THRESHOLD, 128 * 1024);
         mallopt(M_MMAP_THRESHOLD, 256 * 1024);
         malloc_trim(0); // free heap memory kept by the running settings would hide the step's growth
     }
 }
 
-/// For running, after [`measure_live_memory`]: glibc's own steady state once its dynamic threshold
-/// has grown to its maximum (buffers up to 32 MiB reused from the heap, trimmed above 64 MiB).
-/// Setting a threshold turns the dynamic adjustment off for good, so this sets where it would end.
+/// For running, after [`measure_live_memory`]: every buffer from the heap, and the heap never
+/// trimmed. A training step frees and re-allocates the same buffers every step; glibc's defaults
+/// map tensors above 32 MiB afresh each time and give the heap back above 64 MiB free, so each step
+/// page-faulted its memory in again (143,000 faults per ViT step of `lejepa bench`, against 7,000
+/// so; BENCHMARKS.md, change 9). The cost: resident memory stays at the step's peak between steps.
 pub fn run_fast() {
     // SAFETY: as above.
     unsafe {
-        mallopt(M_MMAP_THRESHOLD, 32 << 20);
-        mallopt(M_TRIM_THRESHOLD, 64 << 20);
+        mallopt(M_TRIM_THRESHOLD, i32::MAX);
+        mallopt(M_MMAP_MAX, 0);
     }
 }
 
