@@ -229,9 +229,38 @@ class MultiCrop(torch.utils.data.Dataset):
         return [self.global_view(img) for _ in range(self.vg)], [self.local_view(img) for _ in range(self.vl)]
 
 
+class PngFiles(torch.utils.data.Dataset):
+    """Image files decoded when an item is asked for, as an ImageFolder or a Hugging Face dataset does."""
+
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return torchvision.io.decode_image(self.paths[i], mode=torchvision.io.ImageReadMode.GRAY)
+
+
+def elpv_files():
+    """The ELPV cells that scripts/setup --elpv unpacks (the same places lejepa looks)."""
+    repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    roots = [os.environ.get("LEJEPA_DATA"), "data", os.path.join(repo, "data")]
+    for root in filter(None, roots):
+        folder = os.path.join(root, "elpv", "elpv_dataset", "data")
+        if os.path.exists(os.path.join(folder, "labels.csv")):
+            return [os.path.join(folder, line.split()[0]) for line in open(os.path.join(folder, "labels.csv")) if line.strip()]
+    raise SystemExit("ELPV is not installed: run scripts/setup --elpv")
+
+
 def loader(a):
-    images = read_idx("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-    mean, std = images[:5000].float().div(255).mean().item(), images[:5000].float().div(255).std().item()
+    if a.data == "elpv":
+        images = PngFiles(elpv_files())
+        sample = torch.stack([images[i] for i in range(64)]).float().div(255)
+    else:
+        images = read_idx("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+        sample = images[:5000].float().div(255)
+    mean, std = sample.mean().item(), sample.std().item()
     return torch.utils.data.DataLoader(MultiCrop(images, a, mean, std), batch_size=a.batch, shuffle=True, drop_last=True,
                                        num_workers=a.workers, persistent_workers=a.workers > 0)
 
@@ -250,6 +279,7 @@ def pipeline_bench(a):
     torch.manual_seed(0)
     model = LeJEPA(a.arch, 1, a.global_size).to(a.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    opened = time.perf_counter()
     it = iter(loader(a))
     bf16 = a.precision == "bf16"
     wait = 0.0
@@ -267,7 +297,8 @@ def pipeline_bench(a):
         opt.step()
     sync(a.device)
     elapsed = time.perf_counter() - t0
-    return {"images_per_second": a.steps * a.batch / elapsed, "data_wait_fraction": wait / elapsed}
+    return {"images_per_second": a.steps * a.batch / elapsed, "data_wait_fraction": wait / elapsed,
+            "end_to_end_images_per_second": (a.steps + 1) * a.batch / (time.perf_counter() - opened)}
 
 
 def learning_rate(step, total, warmup, peak, final_ratio=1e-3):
@@ -339,6 +370,7 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--skip-memory", action="store_true", help="model: time only (a later round of the same row)")
     p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--data", choices=["fashion-mnist", "elpv"], default="fashion-mnist", help="pipeline and views: the images")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="model and sigreg: cpu or cuda")
