@@ -41,8 +41,7 @@ def run_fast():
     if MALLOC == "lejepa":
         _libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
         _libc.mallopt(M_MMAP_MAX, 0)
-    else:
-        _libc.mallopt(M_MMAP_MAX, 65536)
+    else:  # M_MMAP_MAX keeps glibc's default in this mode
         _libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
         _libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
 
@@ -65,6 +64,7 @@ def peak_growth(fn, device="cpu"):
         torch.cuda.reset_peak_memory_stats()
         fn()
         torch.cuda.synchronize()
+        run_fast()  # the warm-up steps before may have run under the measuring settings
         return torch.cuda.max_memory_allocated() - before
     measure_settings()
     _libc.malloc_trim(0)

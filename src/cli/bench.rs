@@ -104,12 +104,16 @@ fn last_line(message: &str) -> &str {
 /// Peak memory of `work`, measured with the allocator returning freed buffers (both sides do the
 /// same around their measurement, and run the timed steps with the allocator of a training run).
 /// On CUDA: the caching allocator's peak above what was allocated before (the reference likewise).
+/// Either way the host allocator is left with the running settings (the warm-up steps before may
+/// have run under the measuring ones).
 fn measured(device: Device, work: impl FnOnce()) -> Option<u64> {
-    if let Device::Cuda(index) = device {
-        return cuda_peak_growth(index, work);
-    }
-    measure_live_memory();
-    let bytes = peak_growth(work);
+    let bytes = match device {
+        Device::Cuda(index) => cuda_peak_growth(index, work),
+        _ => {
+            measure_live_memory();
+            peak_growth(work)
+        }
+    };
     run_fast();
     bytes
 }
@@ -183,19 +187,18 @@ fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device, measure_m
         sync(device);
         Ok(())
     };
-    let mut bytes = None;
     if measure_memory {
         // The warm-up steps too: under the running settings they would leave a heap of free
         // chunks that the measured step reuses and never gives back, counting freed memory as live.
         measure_live_memory();
-        step(0)?;
-        step(1)?;
+    }
+    step(0)?;
+    step(1)?;
+    let mut bytes = None;
+    if measure_memory {
         let mut result = Ok(());
         bytes = measured(device, || result = step(2));
         result?;
-    } else {
-        step(0)?;
-        step(1)?;
     }
     step(3)?; // settles the running allocator settings before timing
     let mut rates = Vec::new();
