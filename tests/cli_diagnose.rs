@@ -1,16 +1,13 @@
 //! `lejepa diagnose` end to end: the binary on generated .npy files, checked against values
 //! known independently (the collapsed-batch constant, the numpy fixture, the rank of the data).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
 use tch::{Kind, Tensor};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lejepa-diagnose-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
 
 fn diagnose(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).arg("diagnose").args(args).output().unwrap();
@@ -27,8 +24,9 @@ fn diagnose_json(path: &Path, extra: &[&str]) -> serde_json::Value {
 
 #[test]
 fn isotropic_low_rank_and_collapsed_embeddings_are_told_apart() {
+    let dir = common::scratch("diagnose");
     tch::manual_seed(5);
-    let gaussian = scratch("gaussian.npy");
+    let gaussian = dir.join("gaussian.npy");
     Tensor::randn([2048, 16], (Kind::Float, tch::Device::Cpu)).write_npy(&gaussian).unwrap();
     let report = diagnose_json(&gaussian, &[]);
     assert_eq!(report["n"], 2048);
@@ -41,7 +39,7 @@ fn isotropic_low_rank_and_collapsed_embeddings_are_told_apart() {
 
     // One channel 1000× louder: the covariance's rank drops to ≈1, the correlation's does not move
     // (scaling a column leaves the correlation matrix unchanged).
-    let loud = scratch("loud.npy");
+    let loud = dir.join("loud.npy");
     let scale = Tensor::ones([16], (Kind::Float, tch::Device::Cpu)).index_fill(0, &Tensor::from_slice(&[3i64]), 1000.0);
     (Tensor::randn([2048, 16], (Kind::Float, tch::Device::Cpu)) * scale).write_npy(&loud).unwrap();
     let loud_report = diagnose_json(&loud, &[]);
@@ -51,7 +49,7 @@ fn isotropic_low_rank_and_collapsed_embeddings_are_told_apart() {
     assert!(report["correlation_effective_rank"].as_f64().unwrap() > 15.0);
 
     // Rank 3: 16 columns that are combinations of 3 latent factors.
-    let low_rank = scratch("low_rank.npy");
+    let low_rank = dir.join("low_rank.npy");
     let factors = Tensor::randn([1000, 3], (Kind::Double, tch::Device::Cpu));
     factors.matmul(&Tensor::randn([3, 16], (Kind::Double, tch::Device::Cpu))).write_npy(&low_rank).unwrap();
     let rank = diagnose_json(&low_rank, &[])["effective_rank"].as_f64().unwrap();
@@ -60,7 +58,7 @@ fn isotropic_low_rank_and_collapsed_embeddings_are_told_apart() {
     assert!(rank > 1.0 && rank <= 3.0 + 1e-6, "correlation rank of rank-3 data: {rank}");
 
     // Collapsed: every projection is 0, so Epps–Pulley is N Σ w (1 − e^{−t²/2})² = 205.848 at N = 512.
-    let collapsed = scratch("collapsed.npy");
+    let collapsed = dir.join("collapsed.npy");
     Tensor::zeros([512, 8], (Kind::Float, tch::Device::Cpu)).write_npy(&collapsed).unwrap();
     let report = diagnose_json(&collapsed, &["--slices", "64"]);
     assert!((report["sigreg"].as_f64().unwrap() - 205.848).abs() < 1e-3);
@@ -70,11 +68,12 @@ fn isotropic_low_rank_and_collapsed_embeddings_are_told_apart() {
 
 #[test]
 fn fixed_directions_reproduce_the_numpy_reference() {
+    let dir = common::scratch("diagnose");
     let fixture: serde_json::Value = serde_json::from_str(include_str!("fixtures/sigreg_reference.json")).unwrap();
     let write = |key: &str, name: &str| {
         let rows: Vec<Vec<f64>> = serde_json::from_value(fixture[key].clone()).unwrap();
         let flat: Vec<f64> = rows.iter().flatten().copied().collect();
-        let path = scratch(name);
+        let path = dir.join(name);
         Tensor::from_slice(&flat).view([rows.len() as i64, rows[0].len() as i64]).write_npy(&path).unwrap();
         path
     };
@@ -90,20 +89,21 @@ fn fixed_directions_reproduce_the_numpy_reference() {
 
 #[test]
 fn bad_files_get_an_error_naming_the_file_and_the_problem() {
-    let text = scratch("notes.npy");
+    let dir = common::scratch("diagnose");
+    let text = dir.join("notes.npy");
     std::fs::write(&text, "these are not embeddings").unwrap();
-    let three_d = scratch("cube.npy");
+    let three_d = dir.join("cube.npy");
     Tensor::zeros([2, 3, 4], (Kind::Float, tch::Device::Cpu)).write_npy(&three_d).unwrap();
-    let with_nan = scratch("nan.npy");
+    let with_nan = dir.join("nan.npy");
     Tensor::from_slice(&[1.0f32, 2.0, f32::NAN, 4.0]).view([2, 2]).write_npy(&with_nan).unwrap();
-    let integers = scratch("ints.npy");
+    let integers = dir.join("ints.npy");
     Tensor::from_slice(&[1i64, 2, 3, 4]).view([2, 2]).write_npy(&integers).unwrap();
     let cases = [
         (text, "not a readable .npy"),
         (three_d, "2-D"),
         (with_nan, "NaN"),
         (integers, "float32 or float64"),
-        (scratch("missing.npy"), "no such file"),
+        (dir.join("missing.npy"), "no such file"),
     ];
     for (path, expected) in cases {
         let (ok, _, stderr) = diagnose(&[path.to_str().unwrap()]);

@@ -1,7 +1,9 @@
 //! Data sources and the loader: real files (Fashion-MNIST, digits), generated folders, .npy and
 //! IDX files, corrupt inputs, and determinism of the views.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::Arc;
 
 use lejepa::data::augment::MultiCrop;
@@ -9,11 +11,8 @@ use lejepa::data::loader::{Loader, LoaderConfig};
 use lejepa::data::{OpenOptions, open};
 use tch::{Kind, Tensor};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lejepa-data-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(name: &str) -> common::Scratch {
+    common::scratch(&format!("data-{name}"))
 }
 
 fn counts(labels: &[i64], classes: usize) -> Vec<usize> {

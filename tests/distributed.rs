@@ -4,6 +4,8 @@
 //! Runs are in f64 so that "the same" can be checked to 1e-5 relative without float32 rounding
 //! (AdamW's first steps divide by |g|, which turns rounding noise in zero gradients into updates).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -11,10 +13,8 @@ use std::time::{Duration, Instant};
 
 use tch::Tensor;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lejepa-distributed-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn scratch(name: &str) -> common::Scratch {
+    common::scratch(&format!("distributed-{name}"))
 }
 
 fn free_port() -> u16 {
@@ -90,14 +90,14 @@ fn max_relative_difference(a: &HashMap<String, Tensor>, b: &HashMap<String, Tens
 }
 
 /// Runs `steps` steps on one process (batch 2B) and on two Gloo processes (batch B each) and
-/// returns (single, distributed) run directories.
-fn single_and_distributed(arch: &str, name: &str, steps: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+/// returns the scratch folder (removed when dropped) and the (single, distributed) run directories in it.
+fn single_and_distributed(arch: &str, name: &str, steps: &str, extra: &[&str]) -> (common::Scratch, PathBuf, PathBuf) {
     let out = scratch(name);
     let single = run_dir(&pretrain(arch, 64, &[&["--max-steps", steps, "--out"], &[out.join("single").to_str().unwrap()][..], extra].concat()).output().unwrap());
     let port = free_port();
     let dist_out = out.join("distributed");
     let distributed = run_dir(&launch(2, port, |_| pretrain(arch, 32, &[&["--max-steps", steps, "--out", dist_out.to_str().unwrap()][..], extra].concat())));
-    (single, distributed)
+    (out, single, distributed)
 }
 
 fn assert_same_step(single: &Path, distributed: &Path, what: &str) {
@@ -112,7 +112,7 @@ fn assert_same_step(single: &Path, distributed: &Path, what: &str) {
 
 #[test]
 fn two_gloo_processes_take_the_single_process_step_of_a_vit() {
-    let (single, distributed) = single_and_distributed("vit-tiny-patch4-depth2", "vit", "3", &[]);
+    let (_scratch, single, distributed) = single_and_distributed("vit-tiny-patch4-depth2", "vit", "3", &[]);
     assert_same_step(&single, &distributed, "ViT");
     // Only rank 0 writes: one run directory, with everything in it.
     let parent = distributed.parent().unwrap();
@@ -124,12 +124,12 @@ fn two_gloo_processes_take_the_single_process_step_of_a_vit() {
 
 #[test]
 fn two_gloo_processes_take_the_single_process_step_of_a_resnet_with_sync_batch_norm() {
-    let (single, distributed) = single_and_distributed("resnet18-small", "resnet", "3", &[]);
+    let (_scratch, single, distributed) = single_and_distributed("resnet18-small", "resnet", "3", &[]);
     assert_same_step(&single, &distributed, "ResNet with SyncBatchNorm");
 
     // Without synchronisation each process normalises its own half: measurably not the same step,
     // which shows the comparison above can fail.
-    let (single, unsynced) = single_and_distributed("resnet18-small", "resnet-unsynced", "1", &["--no-sync-batch-norm"]);
+    let (_scratch, single, unsynced) = single_and_distributed("resnet18-small", "resnet-unsynced", "1", &["--no-sync-batch-norm"]);
     let (diff, _) = max_relative_difference(&checkpoint(&unsynced), &checkpoint(&single));
     assert!(diff > 1e-4, "per-process BatchNorm should change the step, max relative difference {diff:.2e}");
 }

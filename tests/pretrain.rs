@@ -1,14 +1,14 @@
 //! `lejepa pretrain` end to end on a tiny real dataset (scikit-learn digits): the loss goes down,
 //! checkpoints load, a killed run resumes onto the same loss curve, Ctrl-C saves, NaN is caught.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lejepa-pretrain-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn scratch(name: &str) -> common::Scratch {
+    common::scratch(&format!("pretrain-{name}"))
 }
 
 /// A small but real configuration: ViT with 2 blocks on 8×8 digits, 2 global + 2 local views.

@@ -1,16 +1,15 @@
 //! `lejepa probe` and `lejepa embed` end to end: the pixel baseline against scikit-learn's logistic
 //! regression on the same split, few-shot reports, random-init baseline, embeddings for diagnose.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
 use tch::{Kind, Tensor};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lejepa-probe-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(name: &str) -> common::Scratch {
+    common::scratch(&format!("probe-{name}"))
 }
 
 fn lejepa_json(args: &[&str]) -> serde_json::Value {
@@ -85,7 +84,8 @@ fn probe_a_run_with_few_shots_and_baselines_then_embed_and_diagnose() {
     assert!(knn["accuracy"].as_f64().unwrap() > 0.3, "20-NN on digits features: {knn}");
 
     // Embeddings (+ labels) that `lejepa diagnose` reads.
-    let emb = scratch("emb").join("test.npy");
+    let emb_dir = scratch("emb");
+    let emb = emb_dir.join("test.npy");
     let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).args(["embed", "--run", run, "--out", emb.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let embeddings = Tensor::read_npy(&emb).unwrap();

@@ -1,6 +1,8 @@
 //! `lejepa sweep` and `lejepa select` end to end on digits: every grid point becomes a run, a
 //! rerun skips finished runs, and select ranks by loss / λ^α with Spearman's ρ against the probe.
 
+mod common;
+
 use std::process::Command;
 
 fn lejepa(args: &[&str]) -> std::process::Output {
@@ -9,8 +11,7 @@ fn lejepa(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn sweep_runs_the_grid_resumes_and_select_ranks() {
-    let out = std::env::temp_dir().join(format!("lejepa-sweep-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let out = common::scratch("sweep");
     let sweep = |grid: &str| {
         lejepa(&[
             "sweep", "--data", "digits", "--arch", "vit-tiny-patch4-depth2", "--projector", "64,64,16", "--batch-size", "64",

@@ -2,6 +2,8 @@
 //! and, when the Python side is installed (`scripts/setup --python`), same weights and features in
 //! both directions through safetensors.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -89,8 +91,7 @@ fn weights_and_features_round_trip_with_timm() {
     ];
     for (arch, img_size, in_chans, input_size) in cases {
         let timm_name = Arch::from_name(arch).unwrap().timm_name().unwrap();
-        let dir = std::env::temp_dir().join(format!("lejepa-timm-{}-{arch}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::scratch(&format!("timm-{arch}"));
 
         // lejepa → timm: timm loads our file with strict=True and reproduces our features.
         tch::manual_seed(0);
@@ -120,14 +121,12 @@ fn weights_and_features_round_trip_with_timm() {
         let ours = tch::no_grad(|| enc.backbone.forward(&input, false).embedding);
         let diff = max_abs_diff(&ours, &theirs);
         assert!(diff <= 1e-4, "{arch}: features of timm's weights differ by {diff}");
-        std::fs::remove_dir_all(&dir).ok();
     }
 }
 
 #[test]
 fn loading_the_wrong_architecture_names_the_file_and_the_tensor() {
-    let dir = std::env::temp_dir().join(format!("lejepa-wrong-arch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("wrong-arch");
     let path = dir.join("resnet18.safetensors");
     encoder("resnet18", 3, 64).save_backbone(&path).unwrap();
     let err = encoder("resnet34", 3, 64).load_backbone(&path).unwrap_err().to_string();

@@ -1,11 +1,12 @@
 //! `lejepa views`: the picture of the training views, and a custom view recipe (--augment-file).
 
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn views_are_drawn_with_the_configured_recipe() {
-    let dir = std::env::temp_dir().join(format!("lejepa-views-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("views");
     let png = dir.join("views.png");
     let run = |extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
