@@ -48,7 +48,8 @@ def from_probes(run, out):
                   for f in glob.glob(os.path.join(probes, "lejepa-step*.json"))
                   for m in [re.search(r"lejepa-step(\d+)\.json$", f)])
     reference = []
-    for line in open(os.path.join(out, "reference", "metrics.jsonl")):
+    reference_metrics = os.path.join(out, "reference", "metrics.jsonl")
+    for line in open(reference_metrics) if os.path.exists(reference_metrics) else []:
         record = json.loads(line)
         if "backbone" in record:
             name = "reference-" + os.path.basename(record["backbone"]).removesuffix(".safetensors")
@@ -58,7 +59,8 @@ def from_probes(run, out):
         rows = json.load(f)["rows"]
     baselines = {name: 100 * rows[name]["all"]["accuracy"] for name in rows}
     return {"title": "Fashion-MNIST: accuracy against training time",
-            "curves": {"lejepa": ours, "PyTorch reference": sorted(reference)}, "baselines": baselines}
+            "curves": {"lejepa": ours, **({"PyTorch reference": sorted(reference)} if reference else {})},
+            "baselines": baselines}
 
 
 if __name__ == "__main__":

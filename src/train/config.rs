@@ -241,51 +241,70 @@ pub struct ConfigArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
+    /// Backbone, e.g. vit-tiny-patch4-depth6, vit-small-patch16, resnet18-small, resnet50 (README lists all).
     #[arg(long)]
     pub arch: Option<String>,
     /// Projector widths, comma-separated (e.g. 2048,2048,64).
     #[arg(long, value_delimiter = ',')]
     pub projector: Option<Vec<i64>>,
+    /// Passes over the training images; the warm-up + cosine learning-rate schedule spans them.
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Stop after this many optimizer steps (the schedule still spans --epochs).
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// Images per step on each process (per micro-batch with --grad-accum).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step (effective batch = batch size × this).
     #[arg(long)]
     pub grad_accum: Option<usize>,
+    /// Peak AdamW learning rate, reached after the warm-up.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// The cosine schedule ends at lr × this.
     #[arg(long)]
     pub final_lr_ratio: Option<f64>,
+    /// Linear warm-up length, in epochs (fractions allowed).
     #[arg(long)]
     pub warmup_epochs: Option<f64>,
+    /// AdamW weight decay.
     #[arg(long)]
     pub weight_decay: Option<f64>,
     /// λ, the trade-off between invariance and SIGReg.
     #[arg(long)]
     pub lambda: Option<f64>,
+    /// SIGReg: random unit directions drawn each step (M).
     #[arg(long)]
     pub slices: Option<i64>,
+    /// SIGReg: the Epps–Pulley integral runs over t ∈ [0, t_max].
     #[arg(long)]
     pub t_max: Option<f64>,
+    /// SIGReg: trapezoid knots on [0, t_max] (17 in the paper).
     #[arg(long)]
     pub knots: Option<usize>,
+    /// Stochastic depth rate of the backbone's residual branches.
     #[arg(long)]
     pub drop_path: Option<f64>,
+    /// View recipe: lejepa (global 0.3–1 + local 0.05–0.3 crops) or minimal (MINIMAL.md).
     #[arg(long)]
     pub augment: Option<String>,
+    /// Global views per image (V_g); the invariance target is their mean.
     #[arg(long)]
     pub global_views: Option<usize>,
+    /// Local (small) views per image (V_l).
     #[arg(long)]
     pub local_views: Option<usize>,
+    /// Global view size in pixels (default: the image size, at most 224).
     #[arg(long)]
     pub global_size: Option<usize>,
+    /// Local view size in pixels (default: 3/7 of the global size).
     #[arg(long)]
     pub local_size: Option<usize>,
     /// A complete view recipe in the format of a run's augment.toml.
     #[arg(long)]
     pub augment_file: Option<PathBuf>,
+    /// Seed of initialisation, views and SIGReg directions.
     #[arg(long)]
     pub seed: Option<u64>,
     /// cpu, cuda or cuda:N.
@@ -294,8 +313,10 @@ pub struct ConfigArgs {
     /// f32, bf16 or f64.
     #[arg(long)]
     pub precision: Option<String>,
+    /// libtorch intra-op threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Data-loading threads (decoding and augmentation).
     #[arg(long)]
     pub workers: Option<usize>,
     /// Turn the online linear probe off.
@@ -304,12 +325,16 @@ pub struct ConfigArgs {
     /// Distributed runs: normalise BatchNorm with each process's own shard instead of the global batch.
     #[arg(long)]
     pub no_sync_batch_norm: bool,
+    /// Online linear probe: AdamW learning rate.
     #[arg(long)]
     pub probe_lr: Option<f64>,
+    /// Online linear probe: AdamW weight decay.
     #[arg(long)]
     pub probe_weight_decay: Option<f64>,
+    /// Evaluate the online probe on at most this many test images each epoch.
     #[arg(long)]
     pub eval_images: Option<usize>,
+    /// Write a checkpoint every this many steps (and at the end).
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
     /// Keep the backbone of every checkpoint (backbone-step<N>.safetensors).
