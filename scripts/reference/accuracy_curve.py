@@ -20,8 +20,8 @@ def plot(curve, png):
     for (label, points), style in zip(curve["curves"].items(), styles):
         if points:
             ax.plot([t for t, _ in points], [a for _, a in points], style, label=label)
-    for (name, a), color in zip(curve["baselines"].items(), ["gray", "silver"]):
-        ax.axhline(a, linestyle=":", color=color, label=name)
+    for (name, a), (color, style) in zip(curve["baselines"].items(), [("gray", ":"), ("black", "--")]):
+        ax.axhline(a, linestyle=style, color=color, linewidth=1, label=name)
     ax.set_xlabel("training wall-clock (minutes, 2 cores)")
     ax.set_ylabel("frozen linear probe top-1 (%)")
     ax.set_title(curve.get("title", "Fashion-MNIST: accuracy against training time"))
