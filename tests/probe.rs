@@ -68,6 +68,9 @@ fn probe_a_run_with_few_shots_and_baselines_then_embed_and_diagnose() {
     let rows = report["rows"].as_object().unwrap();
     assert!(rows.contains_key("random init") && rows.contains_key("raw pixels") && rows.len() == 3);
     assert!(Path::new(run).join("probe-digits-linear.json").exists());
+    // The random-init baseline is the same network whatever was probed before it in the process.
+    let alone = lejepa_json(&["probe", "--run", run, "--shots", "all", "--seeds", "1", "--baseline", "random", "--epochs", "20", "--json"]);
+    assert_eq!(alone["rows"]["random init"]["all"], report["rows"]["random init"]["all"], "random init drawn differently");
 
     // Another evaluation size than the training one: the position embedding is interpolated, and a
     // run without augment.toml (older runs, or a bare weights file) is built at its weights' size.

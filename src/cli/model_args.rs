@@ -128,6 +128,11 @@ impl ModelArgs {
         // Evaluation needs the backbone only; the projector (a token one here) is never used.
         // Built at the size its position embedding was trained for; other sizes are interpolated.
         let build_size = weights_img_size.unwrap_or(crop.global.size as i64);
+        if random {
+            // The random-init baseline is one fixed draw, whatever ran in this process before it
+            // (the probes of other sources reseed the generator with their own seeds).
+            tch::manual_seed(0);
+        }
         let mut encoder = Encoder::new(device, arch, in_chans, build_size, 0.0, &[16])?;
         if let (false, Some((path, tensors))) = (random, weights) {
             encoder.load_backbone_tensors(&path, tensors)?;
