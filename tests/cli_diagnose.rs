@@ -24,7 +24,7 @@ fn diagnose_json(path: &Path, extra: &[&str]) -> serde_json::Value {
 
 #[test]
 fn isotropic_low_rank_and_collapsed_embeddings_are_told_apart() {
-    let dir = common::scratch("diagnose");
+    let dir = common::scratch("npy");
     tch::manual_seed(5);
     let gaussian = dir.join("gaussian.npy");
     Tensor::randn([2048, 16], (Kind::Float, tch::Device::Cpu)).write_npy(&gaussian).unwrap();
@@ -68,7 +68,7 @@ fn isotropic_low_rank_and_collapsed_embeddings_are_told_apart() {
 
 #[test]
 fn fixed_directions_reproduce_the_numpy_reference() {
-    let dir = common::scratch("diagnose");
+    let dir = common::scratch("npy");
     let fixture: serde_json::Value = serde_json::from_str(include_str!("fixtures/sigreg_reference.json")).unwrap();
     let write = |key: &str, name: &str| {
         let rows: Vec<Vec<f64>> = serde_json::from_value(fixture[key].clone()).unwrap();
@@ -89,7 +89,7 @@ fn fixed_directions_reproduce_the_numpy_reference() {
 
 #[test]
 fn bad_files_get_an_error_naming_the_file_and_the_problem() {
-    let dir = common::scratch("diagnose");
+    let dir = common::scratch("npy");
     let text = dir.join("notes.npy");
     std::fs::write(&text, "these are not embeddings").unwrap();
     let three_d = dir.join("cube.npy");

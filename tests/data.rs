@@ -11,9 +11,7 @@ use lejepa::data::loader::{Loader, LoaderConfig};
 use lejepa::data::{OpenOptions, open};
 use tch::{Kind, Tensor};
 
-fn scratch(name: &str) -> common::Scratch {
-    common::scratch(&format!("data-{name}"))
-}
+use common::scratch;
 
 fn counts(labels: &[i64], classes: usize) -> Vec<usize> {
     let mut c = vec![0; classes];

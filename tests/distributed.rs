@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use tch::Tensor;
 
-fn scratch(name: &str) -> common::Scratch {
-    common::scratch(&format!("distributed-{name}"))
-}
+use common::scratch;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

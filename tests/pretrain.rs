@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn scratch(name: &str) -> common::Scratch {
-    common::scratch(&format!("pretrain-{name}"))
-}
+use common::scratch;
 
 /// A small but real configuration: ViT with 2 blocks on 8×8 digits, 2 global + 2 local views.
 fn tiny(out: &Path, extra: &[&str]) -> Command {
@@ -137,7 +135,6 @@ fn bad_config_values_are_rejected_before_training() {
         assert!(stderr.contains(expected), "{flag} {value}: {stderr}");
     }
     let config = out.join("bad.toml");
-    std::fs::create_dir_all(&out).unwrap();
     std::fs::write(&config, "lamda = 0.1\n").unwrap();
     let output = tiny(&out, &["--config", config.to_str().unwrap()]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -164,7 +161,7 @@ fn a_run_that_cannot_fit_in_memory_says_so_before_training() {
     let out = scratch("memory");
     let output = Command::new(env!("CARGO_BIN_EXE_lejepa"))
         .args(["pretrain", "--arch", "vit-base-patch4", "--batch-size", "60000", "--workers", "1", "--out"])
-        .arg(&out)
+        .arg(out.as_os_str())
         .output()
         .unwrap();
     assert!(!output.status.success());

@@ -8,9 +8,7 @@ use std::process::Command;
 
 use tch::{Kind, Tensor};
 
-fn scratch(name: &str) -> common::Scratch {
-    common::scratch(&format!("probe-{name}"))
-}
+use common::scratch;
 
 fn lejepa_json(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).args(args).output().unwrap();
@@ -40,7 +38,7 @@ fn pixel_baseline_lands_where_scikit_learn_logistic_regression_does() {
     Tensor::from_slice(ds.train.labels.as_ref().unwrap()).write_npy(dir.join("train_y.npy")).unwrap();
     Tensor::from_slice(ds.test.labels.as_ref().unwrap()).write_npy(dir.join("test_y.npy")).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/logreg.py");
-    let out = Command::new(&python).arg(script).arg(&dir).output().unwrap();
+    let out = Command::new(&python).arg(script).arg(dir.as_os_str()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reference: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let reference = reference["accuracy"].as_f64().unwrap();

@@ -11,7 +11,7 @@ fn lejepa(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn sweep_runs_the_grid_resumes_and_select_ranks() {
-    let out = common::scratch("sweep");
+    let out = common::scratch("runs");
     let sweep = |grid: &str| {
         lejepa(&[
             "sweep", "--data", "digits", "--arch", "vit-tiny-patch4-depth2", "--projector", "64,64,16", "--batch-size", "64",

@@ -91,7 +91,7 @@ fn weights_and_features_round_trip_with_timm() {
     ];
     for (arch, img_size, in_chans, input_size) in cases {
         let timm_name = Arch::from_name(arch).unwrap().timm_name().unwrap();
-        let dir = common::scratch(&format!("timm-{arch}"));
+        let dir = common::scratch(arch);
 
         // lejepa → timm: timm loads our file with strict=True and reproduces our features.
         tch::manual_seed(0);

@@ -13,19 +13,8 @@ impl std::ops::Deref for Scratch {
     }
 }
 
-impl AsRef<Path> for Scratch {
-    fn as_ref(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-impl AsRef<std::ffi::OsStr> for Scratch {
-    fn as_ref(&self) -> &std::ffi::OsStr {
-        self.0.path().as_os_str()
-    }
-}
-
-/// `scratch("pretrain-resume")` → `/tmp/lejepa-pretrain-resume-XXXXXX/`, empty.
+/// `scratch("resume")` in tests/pretrain.rs → `/tmp/lejepa-pretrain-resume-XXXXXX/`, empty.
 pub fn scratch(name: &str) -> Scratch {
-    Scratch(tempfile::Builder::new().prefix(&format!("lejepa-{name}-")).tempdir().expect("cannot create a scratch folder"))
+    let prefix = format!("lejepa-{}-{name}-", env!("CARGO_CRATE_NAME"));
+    Scratch(tempfile::Builder::new().prefix(&prefix).tempdir().expect("cannot create a scratch folder"))
 }
