@@ -21,8 +21,9 @@ fn main() {
     // The C++ shims, compiled against the wheel's headers: bf16 autocast (src/shim/autocast.cpp),
     // AdamW's fused update (src/shim/optim.cpp), host-to-GPU copies (src/shim/cuda_memory.cpp) and
     // c10d (src/shim/distributed.cpp; gloo's own headers are not in the wheel, src/shim/gloo declares
-    // the names torch's header mentions). NCCL and the CUDA allocator's counters when the wheel is a
-    // CUDA build and the CUDA headers are installed (scripts/setup does that).
+    // the names torch's header mentions). NCCL, the CUDA allocator's counters and the fused CUDA
+    // SIGReg (src/shim/sigreg_cuda.cpp) when the wheel is a CUDA build and the CUDA headers are
+    // installed (scripts/setup does that).
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         let root = std::path::Path::new(&lib).join("..");
         let mut build = cc::Build::new();
@@ -50,6 +51,12 @@ fn main() {
                 .define("USE_CUDA", None)
                 .define("LEJEPA_WITH_NCCL", None)
                 .define("LEJEPA_WITH_CUDA", None);
+            // The fused Epps–Pulley kernels: the shim compiles src/sigreg/epps_pulley.cu with NVRTC
+            // at run time, so the source goes in as a string.
+            let source = std::fs::read_to_string("src/sigreg/epps_pulley.cu").expect("src/sigreg/epps_pulley.cu");
+            let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap());
+            std::fs::write(out.join("epps_pulley_source.h"), format!("static const char EPPS_PULLEY_SOURCE[] = R\"lejepa(\n{source})lejepa\";\n")).unwrap();
+            build.file("src/shim/sigreg_cuda.cpp").include(&out);
             println!("cargo:rustc-cfg=lejepa_cuda");
             println!("cargo:rustc-link-lib=dylib=c10_cuda"); // the caching allocator (cuda_memory.cpp)
         }
@@ -57,5 +64,6 @@ fn main() {
     }
     println!("cargo::rustc-check-cfg=cfg(lejepa_cuda)");
     println!("cargo:rerun-if-changed=src/shim");
+    println!("cargo:rerun-if-changed=src/sigreg/epps_pulley.cu");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
 }

@@ -34,7 +34,7 @@ unsafe extern "C" {
 }
 
 /// Takes a string the shim malloc'd.
-fn take_string(s: *mut c_char) -> String {
+pub(crate) fn take_string(s: *mut c_char) -> String {
     if s.is_null() {
         return "unknown error".into();
     }

@@ -166,3 +166,105 @@ fn fused_kernel_matches_the_autograd_version_in_value_and_gradient() {
         assert!(rel(&x.grad(), &plain_grad) < 1e-5, "gradient differs by {}", rel(&x.grad(), &plain_grad));
     }
 }
+
+#[test]
+fn cuda_kernels_compile_with_nvrtc_without_a_gpu() {
+    use lejepa::sigreg::fused_cuda::compile_check;
+    // NVRTC needs no GPU: the kernel source is checked on the CPU machine for the GPUs we target
+    // (Turing, the oldest NVRTC 13 compiles for, and Hopper), in both precisions and two knot counts.
+    for (major, minor) in [(7, 5), (9, 0)] {
+        for kind in [Kind::Float, Kind::Double] {
+            for knots in [5, 17] {
+                match compile_check(kind, knots, major, minor) {
+                    Err(e) if e.to_string().contains("built without the CUDA headers") => {
+                        eprintln!("skipped: {e}");
+                        return;
+                    }
+                    result => result.unwrap_or_else(|e| panic!("sm_{major}{minor}, {kind:?}, {knots} knots: {e:#}")),
+                }
+            }
+        }
+    }
+}
+
+/// The CUDA device, or None (with a note) on a machine without one.
+fn cuda_or_skip() -> Option<tch::Device> {
+    if tch::Cuda::is_available() {
+        Some(tch::Device::Cuda(0))
+    } else {
+        eprintln!("skipped: no CUDA device");
+        None
+    }
+}
+
+#[test]
+fn fused_cuda_kernel_matches_the_autograd_version_in_value_and_gradient() {
+    let Some(cuda) = cuda_or_skip() else { return };
+    tch::manual_seed(22);
+    let ep = EppsPulley::default();
+    let rel = |a: &Tensor, b: &Tensor| ((a.to_kind(Kind::Double) - b).abs().max() / b.abs().max()).double_value(&[]);
+    // Leading axes, N not a multiple of the kernel's 8 rows, M not a multiple of its 32 slices.
+    for (shape, scale, shift) in [([2, 3, 257, 70], 1.0, 0.0), ([2, 3, 257, 70], 2.5, 0.7), ([1, 1, 4096, 33], 0.05, 0.0)] {
+        let upstream = Tensor::rand([shape[0], shape[1], shape[3]], (Kind::Double, cuda));
+        let x = (Tensor::randn(shape, (Kind::Double, cuda)) * scale + shift).set_requires_grad(true);
+        let plain = ep.statistic(&x); // the autograd version, [*, N, M, knots] materialised
+        (&plain * &upstream).sum(None::<Kind>).backward();
+        let plain_grad = x.grad().copy();
+        for kind in [Kind::Double, Kind::Float] {
+            let x_kind = x.detach().to_kind(kind).set_requires_grad(true);
+            let fused = lejepa::sigreg::fused_cuda::epps_pulley(&ep, &x_kind).unwrap();
+            (&fused * upstream.to_kind(kind)).sum(None::<Kind>).backward();
+            let tolerance = if kind == Kind::Double { 1e-10 } else { 1e-3 };
+            assert!(rel(&fused, &plain) < tolerance, "{kind:?} {shape:?}: statistic differs by {}", rel(&fused, &plain));
+            assert!(rel(&x_kind.grad(), &plain_grad) < tolerance, "{kind:?} {shape:?}: gradient differs by {}", rel(&x_kind.grad(), &plain_grad));
+        }
+    }
+    // And through NormalityTest, which picks the fused kernel on CUDA.
+    let x = Tensor::randn([4, 100, 8], (Kind::Double, cuda));
+    let through_test = NormalityTest::EppsPulley(ep).statistic(&x);
+    assert!(rel(&through_test, &ep.statistic(&x)) < 1e-10);
+}
+
+#[test]
+fn fused_cuda_shards_reduced_give_the_single_batch_statistic_and_gradient() {
+    let Some(cuda) = cuda_or_skip() else { return };
+    tch::manual_seed(23);
+    let ep = EppsPulley::default();
+    let x = (Tensor::randn([3, 96, 40], (Kind::Double, cuda)) * 0.8).set_requires_grad(true);
+    let whole = ep.statistic(&x);
+    whole.sum(None::<Kind>).backward();
+    let whole_grad = x.grad().copy();
+    // This process holds the first half of the samples; the reduction adds the other process's sums.
+    let shard = x.detach().narrow(1, 0, 48).set_requires_grad(true);
+    let other = ep.ecf_sums(&x.detach().narrow(1, 48, 48));
+    let other = Tensor::cat(&[other.cos, other.sin], -1);
+    let reduce = |sums: &Tensor| {
+        let _ = sums.shallow_clone().g_add_(&other); // in place, as an all-reduce would
+        Ok(())
+    };
+    let sharded = lejepa::sigreg::fused_cuda::epps_pulley_sharded(&ep, &shard, 2, &reduce).unwrap();
+    sharded.sum(None::<Kind>).backward();
+    assert!(sharded.allclose(&whole, 1e-10, 1e-12, false), "statistic differs");
+    // Two processes' gradients are averaged afterwards, so each shard's is scaled by 2.
+    assert!((shard.grad() / 2.0).allclose(&whole_grad.narrow(1, 0, 48), 1e-10, 1e-12, false), "gradients differ");
+}
+
+#[test]
+fn fused_cuda_memory_does_not_grow_with_the_knots() {
+    let Some(cuda) = cuda_or_skip() else { return };
+    let x = Tensor::randn([8, 1024, 512], (Kind::Float, cuda)).set_requires_grad(true);
+    let x_bytes = 8 * 1024 * 512 * 4;
+    let peak = |knots: usize| {
+        let ep = EppsPulley::new(3.0, knots).unwrap();
+        lejepa::sigreg::fused_cuda::epps_pulley(&ep, &x).unwrap().sum(None::<Kind>).backward(); // compiles the kernels
+        lejepa::train::memory::cuda_peak_growth(0, || {
+            lejepa::sigreg::fused_cuda::epps_pulley(&ep, &x).unwrap().sum(None::<Kind>).backward();
+            tch::Cuda::synchronize(0);
+        })
+        .expect("built with the CUDA allocator's counters")
+    };
+    let (few, many) = (peak(5), peak(65));
+    // The gradient of x and small per-slice sums; the autograd version would hold [8, 1024, 512, knots].
+    assert!(many <= few + x_bytes / 4, "peak grows with the knots: {few} B at 5 knots, {many} B at 65");
+    assert!(many < 3 * x_bytes, "peak {many} B for an x of {x_bytes} B");
+}

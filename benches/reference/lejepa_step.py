@@ -184,12 +184,15 @@ def sigreg_bench(a):
         sync(a.device)
 
     measure_settings()
-    run(0)
-    memory = peak_growth(lambda: run(1), a.device)
+    warm_up, step = time.perf_counter(), 0
+    while step == 0 or time.perf_counter() - warm_up < 0.2:  # at least 0.2 s, as lejepa bench does
+        run(step)
+        step += 1
+    memory = peak_growth(lambda: run(step), a.device)
     times = []
     for r in range(a.reps):
         t0 = time.perf_counter()
-        run(2 + r)
+        run(step + 1 + r)
         times.append(time.perf_counter() - t0)
     return {"seconds": times, "peak_bytes": memory}
 

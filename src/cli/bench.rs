@@ -411,12 +411,17 @@ pub fn run(args: Args) -> Result<()> {
                 sync(device);
             };
             measure_live_memory(); // for the warm-up too (see our_model_step)
-            run(0);
-            let ours_bytes = measured(device, || run(1));
+            // Warm up for at least 0.2 s (a GPU runs small rows at idle clocks otherwise); the reference does the same.
+            let (warm_up, mut step) = (Instant::now(), 0);
+            while step == 0 || warm_up.elapsed().as_secs_f64() < 0.2 {
+                run(step);
+                step += 1;
+            }
+            let ours_bytes = measured(device, || run(step));
             let ours: Vec<f64> = (0..args.reps)
                 .map(|r| {
                     let t = Instant::now();
-                    run(2 + r as u64);
+                    run(step + 1 + r as u64);
                     t.elapsed().as_secs_f64()
                 })
                 .collect();

@@ -8,6 +8,7 @@
 //! axis −2) to `[*, M]`, one statistic per slice.
 
 pub mod fused;
+pub mod fused_cuda;
 
 use anyhow::{Result, bail, ensure};
 use rand::{Rng, SeedableRng};
@@ -144,12 +145,16 @@ impl NormalityTest {
         }
     }
 
-    /// x: `[*, N, M]` → `[*, M]`. Epps–Pulley on the CPU uses the fused kernel ([`fused`]).
+    /// x: `[*, N, M]` → `[*, M]`. Epps–Pulley uses the fused kernels ([`fused`] on the CPU,
+    /// [`fused_cuda`] on CUDA, where the autograd version remains the fallback).
     pub fn statistic(&self, x: &Tensor) -> Tensor {
         let n = x.size()[x.dim() - 2];
         let nf = n as f64;
         match self {
             NormalityTest::EppsPulley(ep) if x.device() == tch::Device::Cpu => fused::epps_pulley(ep, x),
+            NormalityTest::EppsPulley(ep) if fused_cuda::ready(ep, x) => {
+                fused_cuda::epps_pulley(ep, x).expect("the fused CUDA Epps–Pulley kernels")
+            }
             NormalityTest::EppsPulley(ep) => ep.statistic(x),
             NormalityTest::AndersonDarling => {
                 let (sorted, _) = x.sort(-2, false); // s_1 ≤ … ≤ s_n
@@ -203,11 +208,15 @@ pub fn directions(dim: i64, slices: i64, seed: u64, step: u64) -> Tensor {
     rng.set_stream(step);
     let (k, m) = (dim as usize, slices as usize);
     let mut a: Vec<f64> = (0..k * m).map(|_| rng.sample(StandardNormal)).collect(); // row-major [K, M]
-    for column in 0..m {
-        let norm = (0..k).map(|row| a[row * m + column].powi(2)).sum::<f64>().sqrt();
-        for row in 0..k {
-            a[row * m + column] /= norm;
-        }
+    // Column norms accumulated row by row: the same sums in the same order as column by column,
+    // but reading memory in order (a column walk misses the cache at every element for large M).
+    let mut squared_norms = vec![0.0; m];
+    for row in a.chunks(m) {
+        squared_norms.iter_mut().zip(row).for_each(|(sum, v)| *sum += v * v);
+    }
+    let norms: Vec<f64> = squared_norms.iter().map(|s| s.sqrt()).collect();
+    for row in a.chunks_mut(m) {
+        row.iter_mut().zip(&norms).for_each(|(v, norm)| *v /= norm);
     }
     Tensor::from_slice(&a).view([dim, slices])
 }
@@ -276,8 +285,11 @@ impl SigReg {
         let dim = z.size()[z.dim() - 1];
         let a = to_device_nonblocking(directions(dim, self.slices, self.seed, step).to_kind(z.kind()), z.device());
         let projected = z.matmul(&a); // [*, N_r, M]
+        let reduce = |sums: &Tensor| group.sum_in_place(&[sums]);
         let per_slice = if projected.device() == tch::Device::Cpu {
-            fused::epps_pulley_sharded(&ep, &projected, group.world, &|sums| group.sum_in_place(&[sums]))?
+            fused::epps_pulley_sharded(&ep, &projected, group.world, &reduce)?
+        } else if fused_cuda::ready(&ep, &projected) {
+            fused_cuda::epps_pulley_sharded(&ep, &projected, group.world, &reduce)?
         } else {
             let local = ep.ecf_sums(&projected); // [*, M, knots] each
             let knots = local.cos.size()[local.cos.dim() - 1];
