@@ -3,7 +3,7 @@
 // differentiable all-reduce. tch binds none of this; Rust sees the C functions at the bottom.
 //
 // Every function catches C++ exceptions (a peer that died, a timeout, a bad address) and hands the
-// message back as a malloc'd string, so Rust can stop with a clear error instead of aborting.
+// message back as a malloc'd string (errors.h), so Rust can stop with a clear error instead of aborting.
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -15,34 +15,17 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include "errors.h"
+
 namespace {
+
+using lejepa::copy_string;
+using lejepa::guarded;
 
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
 };
-
-// A malloc'd copy for Rust (freed with lejepa_dist_free_string).
-void copy_string(char** out, const std::string& text) {
-  if (out != nullptr) {
-    *out = static_cast<char*>(std::malloc(text.size() + 1));
-    std::memcpy(*out, text.c_str(), text.size() + 1);
-  }
-}
-
-// Runs `body`; on an exception writes its message to `error` and returns false.
-template <typename F>
-bool guarded(char** error, F&& body) {
-  try {
-    body();
-    return true;
-  } catch (const c10::Error& e) {
-    copy_string(error, e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    copy_string(error, e.what());
-  }
-  return false;
-}
 
 void all_reduce_sum(Group* group, std::vector<at::Tensor>& tensors) {
   group->backend->allreduce(tensors, c10d::AllreduceOptions{})->wait();

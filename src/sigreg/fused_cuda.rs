@@ -9,6 +9,8 @@
 //!
 //! Memory is that of x (kept for the backward) and its gradient: nothing grows with the knots.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
@@ -42,18 +44,22 @@ pub fn epps_pulley_sharded(ep: &EppsPulley, x: &Tensor, processes: usize, reduce
 }
 
 /// Whether the kernels can run for x (a CUDA tensor; they are compiled for its device on the first
-/// call). When they cannot (no NVRTC library, no driver), says why once per process: the caller
-/// then uses the autograd version.
+/// call). When they cannot (no NVRTC library, no driver), says why once and answers false from
+/// then on: the caller uses the autograd version.
 pub fn ready(ep: &EppsPulley, x: &Tensor) -> bool {
-    if !x.device().is_cuda() {
+    static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+    if !x.device().is_cuda() || UNAVAILABLE.load(Ordering::Relaxed) {
         return false;
     }
-    kernel::ready(x, ep.knots as i64)
-        .inspect_err(|e| {
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| eprintln!("warning: the fused CUDA SIGReg is unavailable, using the autograd version: {e:#}"));
-        })
-        .is_ok()
+    match kernel::ready(x, ep.knots as i64) {
+        Ok(()) => true,
+        Err(e) => {
+            if !UNAVAILABLE.swap(true, Ordering::Relaxed) {
+                eprintln!("warning: the fused CUDA SIGReg is unavailable, using the autograd version: {e:#}");
+            }
+            false
+        }
+    }
 }
 
 /// Compiles the kernels for a GPU of compute capability `major.minor` with NVRTC, without needing
