@@ -17,7 +17,7 @@ use super::EppsPulley;
 
 /// Knot spacing, target φ(t_k) and quadrature weights, as in [`EppsPulley`].
 fn quadrature(ep: &EppsPulley) -> (f64, Vec<f64>, Vec<f64>) {
-    let dt = ep.t_max / (ep.knots - 1) as f64;
+    let dt = ep.knot_spacing();
     let phi: Vec<f64> = (0..ep.knots).map(|k| (-(k as f64 * dt).powi(2) / 2.0).exp()).collect();
     let weights = (0..ep.knots).map(|k| if k == 0 || k == ep.knots - 1 { dt } else { 2.0 * dt } * phi[k]).collect();
     (dt, phi, weights)

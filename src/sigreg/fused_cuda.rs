@@ -32,7 +32,7 @@ pub fn epps_pulley_sharded(ep: &EppsPulley, x: &Tensor, processes: usize, reduce
     // The kernels run in f32 or f64; bf16 and f16 inputs (autocast) are computed in f32.
     let kind = if x.kind() == Kind::Double { Kind::Double } else { Kind::Float };
     let flat = x.to_kind(kind).reshape([-1, n, m]).contiguous(); // [B, N, M]
-    let dt = ep.t_max / (ep.knots - 1) as f64;
+    let dt = ep.knot_spacing();
     let knots = ep.knots as i64;
     let sums = kernel::ecf_sums(&flat.detach(), dt, knots)?; // [B, M, 2·knots]
     if processes > 1 {

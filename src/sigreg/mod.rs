@@ -59,10 +59,15 @@ impl EppsPulley {
         Ok(EppsPulley { t_max, knots })
     }
 
+    /// dt, the spacing of the evenly spaced knots t_j = j·dt on [0, t_max].
+    pub fn knot_spacing(&self) -> f64 {
+        self.t_max / (self.knots - 1) as f64
+    }
+
     /// Nodes t_j, target characteristic function φ(t_j) = e^{−t_j²/2}, and quadrature weights
     /// dt·[1, 2, …, 2, 1]·φ(t_j), as `[knots]` tensors of the given kind and device.
     fn quadrature(&self, like: &Tensor) -> (Tensor, Tensor, Tensor) {
-        let dt = self.t_max / (self.knots - 1) as f64;
+        let dt = self.knot_spacing();
         let t: Vec<f64> = (0..self.knots).map(|j| j as f64 * dt).collect();
         let phi: Vec<f64> = t.iter().map(|t| (-t * t / 2.0).exp()).collect();
         let weights: Vec<f64> = (0..self.knots)
