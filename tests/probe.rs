@@ -1,8 +1,10 @@
 //! `lejepa probe` and `lejepa embed` end to end: the pixel baseline against scikit-learn's logistic
-//! regression on the same split, few-shot reports, random-init baseline, embeddings for diagnose.
+//! regression on the same split, few-shot reports, random-init baseline, embeddings (backbone and
+//! projector) for diagnose.
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -95,6 +97,35 @@ fn probe_a_run_with_few_shots_and_baselines_then_embed_and_diagnose() {
     assert_eq!((labels.size(), labels.kind()), (vec![451], Kind::Int64));
     let diag = lejepa_json(&["diagnose", emb.to_str().unwrap(), "--json"]);
     assert_eq!((diag["n"].as_i64(), diag["dim"].as_i64()), (Some(451), Some(192)));
+
+    // The projector's outputs, against the checkpoint's MLP applied here by hand to the embeddings
+    // above: Linear, BatchNorm on its running statistics, ReLU, twice, then Linear (layers 0, 1, 4, 5, 8).
+    let projected = emb_dir.join("projected.npy");
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+        .args(["embed", "--run", run, "--projector", "--out", projected.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let z = Tensor::read_npy(&projected).unwrap();
+    let checkpoint: HashMap<String, Tensor> =
+        Tensor::read_safetensors(Path::new(run).join("checkpoint.safetensors")).unwrap().into_iter().collect();
+    let p = |name: String| checkpoint[&format!("projector.{name}")].shallow_clone();
+    let linear = |x: &Tensor, i: usize| x.matmul(&p(format!("{i}.weight")).tr()) + p(format!("{i}.bias"));
+    let norm_relu = |x: &Tensor, i: usize| {
+        let standardised = (x - p(format!("{i}.running_mean"))) / (p(format!("{i}.running_var")) + 1e-5).sqrt();
+        (standardised * p(format!("{i}.weight")) + p(format!("{i}.bias"))).relu()
+    };
+    assert!(p("1.running_mean".into()).abs().sum(Kind::Float).double_value(&[]) > 0.0, "running statistics still at their start");
+    let expected = linear(&norm_relu(&linear(&norm_relu(&linear(&embeddings, 0), 1), 4), 5), 8);
+    assert_eq!(z.size(), [451, 16]);
+    let error = (&z - &expected).abs().max().double_value(&[]);
+    assert!(error < 1e-4, "projector outputs differ from the checkpoint's MLP by {error}");
+    let bare = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+        .args(["embed", "--checkpoint", Path::new(run).join("backbone.safetensors").to_str().unwrap()])
+        .args(["--arch", "vit-tiny-patch4-depth2", "--data", "digits", "--projector", "--out", projected.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!bare.status.success() && String::from_utf8_lossy(&bare.stderr).contains("--run"), "a backbone file has no projector");
 }
 
 #[test]

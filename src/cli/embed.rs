@@ -1,10 +1,10 @@
-//! `lejepa embed`: the frozen backbone's embeddings of a dataset, as .npy for use elsewhere
-//! (`lejepa diagnose` reads them).
+//! `lejepa embed`: the frozen backbone's embeddings of a dataset (or its projector's outputs), as
+//! .npy for use elsewhere (`lejepa diagnose` reads them).
 
 use std::path::PathBuf;
 
 use anyhow::Result;
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 use super::data_args::DataArgs;
 use super::model_args::{ModelArgs, fit_channels};
@@ -31,6 +31,10 @@ pub struct Args {
     /// Write the probe features (ViT: last two class tokens) instead of the embedding.
     #[arg(long)]
     probe_features: bool,
+    /// Write the trained projector's outputs (the space SIGReg makes Gaussian) instead of the
+    /// backbone's embedding; needs --run.
+    #[arg(long, conflicts_with = "probe_features")]
+    projector: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -43,7 +47,11 @@ pub fn run(args: Args) -> Result<()> {
     };
     anyhow::ensure!(!split.is_empty(), "{}: the {:?} split is empty", dataset.spec, args.split);
     let kind = if args.probe_features { FeatureKind::Probe } else { FeatureKind::Embedding };
-    let embeddings = features(&model.encoder.backbone, &fit_channels(split, &model).images, &model.crop, kind, model.device);
+    let mut embeddings = features(&model.encoder.backbone, &fit_channels(split, &model).images, &model.crop, kind, model.device);
+    if args.projector {
+        let projector = args.model.trained_projector(model.encoder.backbone.embed_dim(), model.device)?;
+        embeddings = tch::no_grad(|| projector.forward(&embeddings.to_device(model.device), false)).to_device(Device::Cpu);
+    }
     crate::npy::write(&embeddings, &args.out)?;
     println!("{}: {} embeddings of dimension {}", args.out.display(), embeddings.size()[0], embeddings.size()[1]);
     if let Some(labels) = &split.labels {

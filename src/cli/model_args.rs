@@ -5,11 +5,11 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
-use tch::{Device, Tensor};
+use tch::{Device, Tensor, nn};
 
 use crate::data::augment::MultiCrop;
 use crate::data::{Dataset, Split, channel_stats};
-use crate::models::{Arch, Encoder, read_weights};
+use crate::models::{Arch, Encoder, Projector, copy_variables, read_weights};
 use crate::train::config::Config;
 use crate::train::parse_device;
 
@@ -138,6 +138,22 @@ impl ModelArgs {
             encoder.load_backbone_tensors(&path, tensors)?;
         }
         Ok(Model { encoder, crop, device })
+    }
+
+    /// The run's trained projector (from its checkpoint.safetensors: a backbone file does not hold
+    /// one), which maps the backbone's embedding of `in_dim` to the space SIGReg makes Gaussian.
+    pub fn trained_projector(&self, in_dim: i64, device: Device) -> Result<Projector> {
+        let (Some(run), None) = (&self.run, &self.checkpoint) else {
+            bail!("the projector is saved in a run's checkpoint.safetensors: give --run RUN (and no --checkpoint)")
+        };
+        let config = self.run_config()?.context("--run gives a config")?;
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let projector = Projector::new(&(vs.root() / "projector"), in_dim, &config.projector)?;
+        let path = run.join("checkpoint.safetensors");
+        let tensors = read_weights(&path)?.into_iter().collect();
+        copy_variables(&vs, "", &tensors, &path)?;
+        vs.set_device(device);
+        Ok(projector)
     }
 }
 

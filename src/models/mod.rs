@@ -4,6 +4,7 @@
 pub mod resnet;
 pub mod vit;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -202,6 +203,20 @@ impl Projector {
         }
         x
     }
+}
+
+/// Copies every variable of `vs` from a training checkpoint's tensors (read from `path`, named in
+/// errors), where each is stored under `prefix` + its VarStore name.
+pub fn copy_variables(vs: &nn::VarStore, prefix: &str, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let shown = path.display();
+    tch::no_grad(|| {
+        for (name, var) in vs.variables() {
+            let value = tensors.get(&format!("{prefix}{name}")).with_context(|| format!("{shown}: no tensor '{prefix}{name}' (a checkpoint of another config?)"))?;
+            ensure!(value.size() == var.size(), "{shown}: '{prefix}{name}' has shape {:?}, the model {:?}", value.size(), var.size());
+            var.shallow_clone().copy_(&value.to_kind(var.kind()));
+        }
+        Ok(())
+    })
 }
 
 /// All tensors of a safetensors file, with errors that name it.

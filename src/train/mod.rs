@@ -21,7 +21,7 @@ use tch::{Device, Kind, Tensor, nn};
 use crate::data::Dataset;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::distributed::ProcessGroup;
-use crate::models::{Arch, Encoder};
+use crate::models::{Arch, Encoder, copy_variables};
 use crate::objective::LeJepaObjective;
 use crate::sigreg::{NormalityTest, Reduction, SigReg};
 use config::Config;
@@ -199,20 +199,10 @@ impl State {
         let get = |name: &str| -> Result<Tensor> {
             tensors.get(name).map(|t| t.shallow_clone()).with_context(|| format!("{shown}: no tensor '{name}' (a checkpoint of another config?)"))
         };
-        let copy_into = |vs: &nn::VarStore, prefix: &str| -> Result<()> {
-            tch::no_grad(|| {
-                for (name, var) in vs.variables() {
-                    let value = get(&format!("{prefix}{name}"))?;
-                    ensure!(value.size() == var.size(), "{shown}: '{name}' has shape {:?}, the model {:?}", value.size(), var.size());
-                    var.shallow_clone().copy_(&value);
-                }
-                Ok(())
-            })
-        };
-        copy_into(&self.encoder.vs, "")?;
+        copy_variables(&self.encoder.vs, "", &tensors, path)?;
         self.optimizer.load_state("adamw", &get)?;
         if let Some((vs, _, opt)) = &mut self.probe {
-            copy_into(vs, "probe.")?;
+            copy_variables(vs, "probe.", &tensors, path)?;
             opt.load_state("probe_adamw", &get)?;
         }
         Ok(get("step")?.int64_value(&[]) as u64)
