@@ -18,6 +18,25 @@ fn main() {
     }
     println!("cargo:rustc-env=LIBTORCH_VERSION={version}");
 
+    // The commit the binary is built from, for run metadata: a run must name the code that
+    // computed it, not whatever is checked out when it runs. Re-run when HEAD moves (.git/HEAD
+    // names the branch, its ref file or packed-refs the commit).
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    println!("cargo:rustc-env=LEJEPA_GIT_COMMIT={}", git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into()));
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    for name in ["HEAD", "packed-refs"].into_iter().map(String::from).chain(branch) {
+        if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+
     // The C++ shims, compiled against the wheel's headers: bf16 autocast (src/shim/autocast.cpp),
     // AdamW's fused update (src/shim/optim.cpp), host-to-GPU copies (src/shim/cuda_memory.cpp) and
     // c10d (src/shim/distributed.cpp; gloo's own headers are not in the wheel, src/shim/gloo declares

@@ -65,6 +65,13 @@ fn loss_goes_down_and_the_run_reports_everything() {
     }
     let kept = std::fs::read_dir(&run_dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("backbone-step")).count();
     assert_eq!(kept, 4);
+    // meta.json names the commit the binary was built from: in a checkout, HEAD as cargo built it
+    // for this test (a binary left from before a commit would name the previous one).
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("meta.json")).unwrap()).unwrap();
+    let head = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
+    if head.status.success() {
+        assert_eq!(meta["git_commit"].as_str().unwrap(), String::from_utf8_lossy(&head.stdout).trim());
+    }
 }
 
 #[test]

@@ -222,17 +222,6 @@ pub fn new_run_dir(out: &Path, arch: &str) -> Result<PathBuf> {
     unreachable!()
 }
 
-fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// Accuracy of the online probe on (up to `limit`) test images, backbone in eval mode.
 fn probe_accuracy(encoder: &Encoder, probe: &LinearProbe, dataset: &Dataset, crop: &crate::data::augment::MultiCrop, limit: Option<usize>, device: Device) -> Option<f64> {
     let labels = dataset.test.labels.as_ref()?;
@@ -273,7 +262,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
     if leader {
         std::fs::write(run_dir.join("config.toml"), toml::to_string(config)?)?;
         let meta = serde_json::json!({
-            "lejepa_version": env!("CARGO_PKG_VERSION"), "git_commit": git_commit(),
+            "lejepa_version": env!("CARGO_PKG_VERSION"), "git_commit": env!("LEJEPA_GIT_COMMIT"),
             "libtorch_version": env!("LIBTORCH_VERSION"), "device": config.device, "processes": world,
         });
         std::fs::write(run_dir.join("meta.json"), serde_json::to_string_pretty(&meta)?)?;
