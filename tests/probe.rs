@@ -120,12 +120,13 @@ fn probe_a_run_with_few_shots_and_baselines_then_embed_and_diagnose() {
     assert_eq!(z.size(), [451, 16]);
     let error = (&z - &expected).abs().max().double_value(&[]);
     assert!(error < 1e-4, "projector outputs differ from the checkpoint's MLP by {error}");
-    let bare = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+    let from_backbone_file = Command::new(env!("CARGO_BIN_EXE_lejepa"))
         .args(["embed", "--checkpoint", Path::new(run).join("backbone.safetensors").to_str().unwrap()])
         .args(["--arch", "vit-tiny-patch4-depth2", "--data", "digits", "--projector", "--out", projected.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(!bare.status.success() && String::from_utf8_lossy(&bare.stderr).contains("--run"), "a backbone file has no projector");
+    let refused = !from_backbone_file.status.success() && String::from_utf8_lossy(&from_backbone_file.stderr).contains("--run");
+    assert!(refused, "a backbone file has no projector: {}", String::from_utf8_lossy(&from_backbone_file.stderr));
 }
 
 #[test]
