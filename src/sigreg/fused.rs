@@ -15,14 +15,6 @@ use tch::{Device, Kind, Tensor};
 
 use super::EppsPulley;
 
-/// Knot spacing, target φ(t_k) and quadrature weights, as in [`EppsPulley`].
-fn quadrature(ep: &EppsPulley) -> (f64, Vec<f64>, Vec<f64>) {
-    let dt = ep.knot_spacing();
-    let phi: Vec<f64> = (0..ep.knots).map(|k| (-(k as f64 * dt).powi(2) / 2.0).exp()).collect();
-    let weights = (0..ep.knots).map(|k| if k == 0 || k == ep.knots - 1 { dt } else { 2.0 * dt } * phi[k]).collect();
-    (dt, phi, weights)
-}
-
 /// Calls `visit(k, cos(k·dt·x), sin(k·dt·x))` for every knot k, by rotation from one sincos.
 #[inline(always)]
 fn for_each_knot(x: f64, dt: f64, knots: usize, mut visit: impl FnMut(usize, f64, f64)) {
@@ -85,7 +77,7 @@ pub fn epps_pulley_sharded(ep: &EppsPulley, x: &Tensor, processes: usize, reduce
     let (n, m) = (size[size.len() - 2], size[size.len() - 1]);
     // Slices as contiguous rows: [*, M, N].
     let columns = Vec::<f64>::try_from(x.detach().transpose(-1, -2).to_kind(Kind::Double).contiguous().flatten(0, -1)).unwrap();
-    let (dt, phi, weights) = quadrature(ep);
+    let (dt, (_, phi, weights)) = (ep.knot_spacing(), ep.knot_values());
     let knots = ep.knots;
     let mut sums = vec![0.0; columns.len() / n as usize * 2 * knots];
     columns.par_chunks(n as usize).zip(sums.par_chunks_mut(2 * knots)).for_each(|(column, sums)| slice_sums(column, sums, dt));

@@ -65,14 +65,20 @@ impl EppsPulley {
     }
 
     /// Nodes t_j, target characteristic function φ(t_j) = e^{−t_j²/2}, and quadrature weights
-    /// dt·[1, 2, …, 2, 1]·φ(t_j), as `[knots]` tensors of the given kind and device.
-    fn quadrature(&self, like: &Tensor) -> (Tensor, Tensor, Tensor) {
+    /// dt·[1, 2, …, 2, 1]·φ(t_j), each `[knots]`.
+    fn knot_values(&self) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let dt = self.knot_spacing();
         let t: Vec<f64> = (0..self.knots).map(|j| j as f64 * dt).collect();
         let phi: Vec<f64> = t.iter().map(|t| (-t * t / 2.0).exp()).collect();
         let weights: Vec<f64> = (0..self.knots)
             .map(|j| if j == 0 || j == self.knots - 1 { dt } else { 2.0 * dt } * phi[j])
             .collect();
+        (t, phi, weights)
+    }
+
+    /// [`Self::knot_values`] as tensors of the given kind and device.
+    fn quadrature(&self, like: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let (t, phi, weights) = self.knot_values();
         let to = |v: &[f64]| to_device_nonblocking(Tensor::from_slice(v).to_kind(like.kind()), like.device());
         (to(&t), to(&phi), to(&weights))
     }
