@@ -38,7 +38,8 @@ fn main() {
     }
 
     // The C++ shims, compiled against the wheel's headers: bf16 autocast (src/shim/autocast.cpp),
-    // AdamW's fused update (src/shim/optim.cpp), host-to-GPU copies (src/shim/cuda_memory.cpp) and
+    // AdamW's fused update (src/shim/optim.cpp), the operator profiler for `lejepa bench --profile`
+    // (src/shim/profiler.cpp), host-to-GPU copies (src/shim/cuda_memory.cpp) and
     // c10d (src/shim/distributed.cpp; gloo's own headers are not in the wheel, src/shim/gloo declares
     // the names torch's header mentions). NCCL, the CUDA allocator's counters and the fused CUDA
     // SIGReg (src/shim/sigreg_cuda.cpp) when the wheel is a CUDA build and the CUDA headers are
@@ -52,6 +53,7 @@ fn main() {
             .file("src/shim/distributed.cpp")
             .file("src/shim/cuda_memory.cpp")
             .file("src/shim/optim.cpp")
+            .file("src/shim/profiler.cpp")
             .include(root.join("include"))
             .include(root.join("include/torch/csrc/api/include"))
             .include("src/shim")

@@ -170,6 +170,11 @@ def model_step_bench(a):
             step(4 + r * a.steps + i)
         times.append((time.perf_counter() - t0) / a.steps)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / (a.reps * a.steps)
+    if a.profile:  # one more step under the operator profiler, as `lejepa bench --profile` records ours
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            step(4 + a.reps * a.steps)
+        prof.export_chrome_trace(a.profile)
     return {"images_per_second": [n / t for t in times], "step_seconds": times, "flops_per_step": counter.get_total_flops(),
             "peak_bytes": memory, "page_faults_per_step": faults}
 
@@ -387,6 +392,7 @@ if __name__ == "__main__":
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--lamb", type=float, default=0.05)
     p.add_argument("--out", default="runs/reference")
+    p.add_argument("--profile", help="model: save a profiled step's Chrome trace here")
     p.add_argument("--malloc", choices=["glibc", "lejepa"], default="glibc", help="allocator settings of the timed steps")
     a = p.parse_args()
     MALLOC = a.malloc

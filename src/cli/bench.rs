@@ -2,7 +2,8 @@
 //! same shapes and threads, in one invocation, with ratios; plus the machine's GEMM peak, so each
 //! step's FLOPs (counted by PyTorch's FlopCounterMode on the reference) become a fraction of peak.
 
-use std::path::PathBuf;
+use std::ffi::{CString, c_char};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +13,7 @@ use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::augment::MultiCrop;
+use crate::distributed::take_string;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::models::{Arch, Encoder};
 use crate::objective::LeJepaObjective;
@@ -59,9 +61,30 @@ pub struct Args {
     /// with) or lejepa (ours: heap only, never trimmed), to tell the allocator's share of a ratio.
     #[arg(long, default_value = "glibc", value_parser = ["glibc", "lejepa"])]
     reference_malloc: String,
+    /// Model rows: after the timed steps, record one more step of each side with PyTorch's operator
+    /// profiler into DIR/<arch>-<precision>-{lejepa,reference}.json (Chrome traces; compare them
+    /// with benches/reference/compare_profiles.py).
+    #[arg(long, value_name = "DIR")]
+    profile: Option<PathBuf>,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
+}
+
+unsafe extern "C" {
+    fn lejepa_profiler_start(error: *mut *mut c_char) -> bool;
+    fn lejepa_profiler_stop(path: *const c_char, error: *mut *mut c_char) -> bool;
+}
+
+/// Runs `work` under PyTorch's operator profiler (src/shim/profiler.cpp) and saves the trace to `path`.
+fn profiled(path: &Path, work: impl FnOnce() -> Result<()>) -> Result<()> {
+    let mut error = std::ptr::null_mut();
+    // SAFETY: the shim writes a malloc'd message to `error` only when it returns false.
+    ensure!(unsafe { lejepa_profiler_start(&mut error) }, "starting the profiler: {}", take_string(error));
+    let result = work();
+    let c_path = CString::new(path.to_string_lossy().as_bytes())?;
+    ensure!(unsafe { lejepa_profiler_stop(c_path.as_ptr(), &mut error) }, "saving the profile {}: {}", path.display(), take_string(error));
+    result
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -172,7 +195,8 @@ impl Row {
 /// The cpu-small preset's step on pre-made tensors: (images/s per repetition, peak bytes of one
 /// step, minor page faults per timed step). The memory is measured only when `measure_memory`
 /// (the first round of a row).
-fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device, measure_memory: bool) -> Result<(Vec<f64>, Option<u64>, f64)> {
+fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device, first_round: bool) -> Result<(Vec<f64>, Option<u64>, f64)> {
+    let measure_memory = first_round;
     tch::manual_seed(0);
     let n = args.batch_size as i64;
     let encoder = Encoder::new(device, Arch::from_name(arch)?, 1, 28, 0.0, &[512, 512, 64])?;
@@ -211,6 +235,10 @@ fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device, measure_m
         rates.push(args.batch_size as f64 * args.steps as f64 / t.elapsed().as_secs_f64());
     }
     let faults_per_step = (minor_page_faults() - faults_before) as f64 / (args.reps * args.steps) as f64;
+    if let (Some(dir), true) = (&args.profile, first_round) {
+        let precision = if bf16 { "bf16" } else { "f32" };
+        profiled(&dir.join(format!("{arch}-{precision}-lejepa.json")), || step((4 + args.reps * args.steps) as u64))?;
+    }
     Ok((rates, bytes, faults_per_step))
 }
 
@@ -285,6 +313,9 @@ pub fn run(args: Args) -> Result<()> {
     let device = crate::train::parse_device(&args.device)?;
     ensure!(device == Device::Cpu || tch::Cuda::is_available(), "--device {}: CUDA is not available", args.device);
     ensure!(args.rounds >= 1 && args.reps >= 1 && args.steps >= 1, "--rounds, --reps and --steps must be at least 1");
+    if let Some(dir) = &args.profile {
+        std::fs::create_dir_all(dir).with_context(|| format!("--profile: creating {}", dir.display()))?;
+    }
     let wants = |w: &str| args.workloads.iter().any(|x| x == w);
     let mut rows: Vec<Row> = Vec::new();
     let (mut peak_f32, mut peak_bf16) = (None, None);
@@ -314,6 +345,10 @@ pub fn run(args: Args) -> Result<()> {
                     let mut extra = vec!["--arch".to_string(), ref_arch.into(), "--precision".into(), precision.into()];
                     if !first {
                         extra.push("--skip-memory".into());
+                    }
+                    if let (Some(dir), true) = (&args.profile, first) {
+                        extra.push("--profile".into());
+                        extra.push(dir.join(format!("{arch}-{precision}-reference.json")).display().to_string());
                     }
                     let theirs = reference(&args, "model", &extra)?;
                     their_rates.extend(serde_json::from_value::<Vec<f64>>(theirs["images_per_second"].clone())?);
