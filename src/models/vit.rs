@@ -3,7 +3,7 @@
 //! timm's parameter names: `blocks.3.attn.qkv.weight` and so on.
 
 use tch::nn;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::{Features, pytorch_default_init};
 
@@ -92,10 +92,19 @@ impl Block {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let (b, t, d) = x.size3().unwrap();
         let qkv = x.apply(&self.norm1).apply(&self.qkv).reshape([b, t, 3, self.heads, d / self.heads]);
-        let qkv = qkv.permute([2, 0, 3, 1, 4]); // [3, B, heads, T, head_dim]
-        let attended = Tensor::scaled_dot_product_attention(
-            &qkv.get(0), &qkv.get(1), &qkv.get(2), None::<Tensor>, 0.0, false, None, false,
-        ); // [B, heads, T, head_dim]
+        // [3, B, heads, T, head_dim], split with unbind as timm does: three `select`s would each
+        // give a backward that zero-fills a whole [3, B, heads, T, head_dim] gradient and adds it
+        // up (BENCHMARKS.md, change 13).
+        let [q, k, v]: [Tensor; 3] = qkv.permute([2, 0, 3, 1, 4]).unbind(0).try_into().unwrap();
+        let attention = |q: &Tensor, k: &Tensor, v: &Tensor| Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None, false);
+        let attended = if q.kind() == Kind::BFloat16 && q.device() == Device::Cpu {
+            // libtorch's bf16 attention backward on the CPU is 3–10× slower than its f32 one
+            // (BENCHMARKS.md, change 14): under bf16 autocast, attention alone runs in f32 there.
+            let f32 = |x: &Tensor| x.to_kind(Kind::Float);
+            crate::autocast::without_cpu_autocast(|| attention(&f32(&q), &f32(&k), &f32(&v))).to_kind(Kind::BFloat16)
+        } else {
+            attention(&q, &k, &v)
+        }; // [B, heads, T, head_dim]
         let mut attended = attended.transpose(1, 2).reshape([b, t, d]).apply(&self.proj);
         if let Some((gamma, _)) = &self.layer_scales {
             attended = attended * gamma;

@@ -12,6 +12,15 @@ void lejepa_autocast_enter(int cuda) {
   at::autocast::increment_nesting();
 }
 
+// Switches autocast on `cuda`'s device type on or off without touching the nesting or the cast
+// cache (a region inside a region, where some operators must run in f32); returns the old state.
+bool lejepa_autocast_set_enabled(int cuda, bool enabled) {
+  const auto device = cuda ? at::kCUDA : at::kCPU;
+  const bool was_enabled = at::autocast::is_autocast_enabled(device);
+  at::autocast::set_autocast_enabled(device, enabled);
+  return was_enabled;
+}
+
 void lejepa_autocast_exit(int cuda) {
   const auto device = cuda ? at::kCUDA : at::kCPU;
   if (at::autocast::decrement_nesting() == 0) {
