@@ -48,7 +48,7 @@ pub struct Args {
     /// Architectures of the model-step rows (lejepa names; the reference builds the same network).
     #[arg(long, value_delimiter = ',', default_value = "vit-tiny-patch4-depth6,resnet18-small")]
     model_archs: Vec<String>,
-    /// Precisions of the model-step rows.
+    /// Precisions of the model-step and pipeline rows.
     #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
     precisions: Vec<String>,
     /// cpu, or cuda / cuda:N for the model, pipeline, SIGReg and GEMM rows (the reference runs on the same device).
@@ -264,7 +264,7 @@ struct Pipeline {
 }
 
 /// The whole pipeline on a built-in dataset: loader workers + training steps.
-fn our_pipeline(args: &Args, data: &str, steps: usize, device: Device) -> Result<Pipeline> {
+fn our_pipeline(args: &Args, data: &str, steps: usize, bf16: bool, device: Device) -> Result<Pipeline> {
     tch::manual_seed(0);
     let encoder = Encoder::new(device, Arch::from_name("vit-tiny-patch4-depth6")?, 1, 28, 0.0, &[512, 512, 64])?;
     let objective = LeJepaObjective::new(0.05, SigReg { slices: 256, ..SigReg::default() })?;
@@ -281,7 +281,7 @@ fn our_pipeline(args: &Args, data: &str, steps: usize, device: Device) -> Result
         wait += w.elapsed().as_secs_f64();
         optimizer.zero_grad();
         let local = batch.local.as_ref().map(|l| l.to_device(device));
-        lejepa_forward(&encoder, &objective, &batch.global.to_device(device), local.as_ref(), 2, i as u64, false, true, None)?.0.loss.backward();
+        lejepa_forward(&encoder, &objective, &batch.global.to_device(device), local.as_ref(), 2, i as u64, bf16, true, None)?.0.loss.backward();
         optimizer.step(1e-3);
     }
     sync(device);
@@ -290,8 +290,9 @@ fn our_pipeline(args: &Args, data: &str, steps: usize, device: Device) -> Result
     Ok(Pipeline { steady: images / elapsed, end_to_end: (images + args.batch_size as f64) / opened.elapsed().as_secs_f64(), wait: wait / elapsed })
 }
 
-fn their_pipeline(args: &Args, data: &str, steps: usize) -> Result<Pipeline> {
-    let theirs = reference(args, "pipeline", &["--steps".into(), steps.to_string(), "--data".into(), data.into()])?;
+fn their_pipeline(args: &Args, data: &str, steps: usize, precision: &str) -> Result<Pipeline> {
+    let extra = ["--steps", &steps.to_string(), "--data", data, "--precision", precision].map(String::from);
+    let theirs = reference(args, "pipeline", &extra)?;
     let field = |name: &str| theirs[name].as_f64().unwrap_or(f64::NAN);
     Ok(Pipeline { steady: field("images_per_second"), end_to_end: field("end_to_end_images_per_second"), wait: field("data_wait_fraction") })
 }
@@ -378,16 +379,17 @@ pub fn run(args: Args) -> Result<()> {
     }
     // Fashion-MNIST: 28 px images in memory on both sides. ELPV: 300×300 PNG files that the
     // reference's workers decode item by item and lejepa decodes once, when opening the data.
-    for (workload, data, what) in [("pipeline", "fashion-mnist", "Fashion-MNIST"), ("pipeline-elpv", "elpv", "ELPV 300×300 PNG files")] {
+    let pipelines = [("pipeline", "fashion-mnist", "Fashion-MNIST"), ("pipeline-elpv", "elpv", "ELPV 300×300 PNG files")];
+    for ((workload, data, what), precision) in pipelines.into_iter().flat_map(|p| args.precisions.iter().map(move |precision| (p, precision.as_str()))) {
         if !wants(workload) {
             continue;
         }
         let steps = (args.reps * args.steps).max(4);
-        eprintln!("pipeline on {what}: {} rounds of {steps} steps each …", args.rounds);
-        let name = format!("(b) pipeline vit-tiny-patch4-depth6 f32, {what}");
+        eprintln!("pipeline on {what}, {precision}: {} rounds of {steps} steps each …", args.rounds);
+        let name = format!("(b) pipeline vit-tiny-patch4-depth6 {precision}, {what}");
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..args.rounds {
-            match our_pipeline(&args, data, steps, device) {
+            match our_pipeline(&args, data, steps, precision == "bf16", device) {
                 Ok(run) => ours.push(run),
                 Err(e) if data == "elpv" => {
                     eprintln!("skipped: {e:#}");
@@ -395,7 +397,7 @@ pub fn run(args: Args) -> Result<()> {
                 }
                 Err(e) => return Err(e),
             }
-            theirs.push(their_pipeline(&args, data, steps)?);
+            theirs.push(their_pipeline(&args, data, steps, precision)?);
         }
         if ours.is_empty() {
             continue;
