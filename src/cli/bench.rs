@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::augment::MultiCrop;
-use crate::distributed::take_string;
 use crate::data::loader::{Loader, LoaderConfig};
+use crate::distributed::take_string;
 use crate::models::{Arch, Encoder};
 use crate::objective::LeJepaObjective;
 use crate::sigreg::SigReg;
@@ -193,10 +193,9 @@ impl Row {
 }
 
 /// The cpu-small preset's step on pre-made tensors: (images/s per repetition, peak bytes of one
-/// step, minor page faults per timed step). The memory is measured only when `measure_memory`
-/// (the first round of a row).
+/// step, minor page faults per timed step). The memory is measured, and with --profile one more
+/// step recorded, only in the first round of a row.
 fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device, first_round: bool) -> Result<(Vec<f64>, Option<u64>, f64)> {
-    let measure_memory = first_round;
     tch::manual_seed(0);
     let n = args.batch_size as i64;
     let encoder = Encoder::new(device, Arch::from_name(arch)?, 1, 28, 0.0, &[512, 512, 64])?;
@@ -211,7 +210,7 @@ fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device, first_rou
         sync(device);
         Ok(())
     };
-    if measure_memory {
+    if first_round {
         // The warm-up steps too: under the running settings they would leave a heap of free
         // chunks that the measured step reuses and never gives back, counting freed memory as live.
         measure_live_memory();
@@ -219,7 +218,7 @@ fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device, first_rou
     step(0)?;
     step(1)?;
     let mut bytes = None;
-    if measure_memory {
+    if first_round {
         let mut result = Ok(());
         bytes = measured(device, || result = step(2));
         result?;
