@@ -67,10 +67,10 @@ fn profiles_show_the_references_matrix_products_less_zero_filling_and_f32_attent
     let ours = operators(&dir.join("vit-tiny-patch4-depth6-f32-lejepa.json"));
     let theirs = operators(&dir.join("vit-tiny-patch4-depth6-f32-reference.json"));
 
-    // The same network on both sides, forward and backward: the same matrix products (6 blocks ×
-    // 4 linear layers, the projector, patch embedding, attention, for 2 crop sizes, and their
-    // gradients). Both counts come from one profiled step each, so this also checks that our
-    // recording covers the whole step, backward included.
+    // The same network on both sides: the same matrix products (the blocks' and the projector's
+    // linear layers for both crop sizes, forward and backward) and attention backwards. Both counts
+    // come from one profiled step each, so this also checks that our recording covers the whole
+    // step, backward included.
     for name in ["aten::mm", "aten::addmm", ATTENTION_BACKWARD] {
         assert!(calls(&ours, name) > 0, "no {name} in our profile");
         assert_eq!(calls(&ours, name), calls(&theirs, name), "{name} calls, ours against the reference's");

@@ -20,15 +20,18 @@ def self_times(path):
         events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X" and e.get("cat") == "cpu_op"]
     table = defaultdict(lambda: [0, 0.0])
     top_level = 0.0
+
+    def close(entry):  # an operator ends: count it with what is left of its duration
+        _, name, self_us = entry
+        table[name][0] += 1
+        table[name][1] += self_us
+
     by_thread = defaultdict(list)
     for e in events:
         by_thread[(e["pid"], e["tid"])].append(e)
     for thread_events in by_thread.values():
         thread_events.sort(key=lambda e: (e["ts"], -e["dur"]))
         stack = []  # open ancestors: [end, name, self µs]
-        def close(entry):
-            table[entry[1]][0] += 1
-            table[entry[1]][1] += entry[2]
         for e in thread_events:
             while stack and e["ts"] >= stack[-1][0]:
                 close(stack.pop())
