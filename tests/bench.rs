@@ -50,9 +50,7 @@ const ATTENTION_BACKWARD: &str = "aten::_scaled_dot_product_flash_attention_for_
 
 #[test]
 fn profiles_show_the_references_matrix_products_less_zero_filling_and_f32_attention() {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if !Command::new(&python).args(["-c", "import timm, torchvision"]).output().is_ok_and(|o| o.status.success()) {
-        eprintln!("skipping: .venv has no timm (run scripts/setup --python)");
+    if common::python_with("timm, torchvision", "the profile comparison").is_none() {
         return;
     }
     let dir = common::scratch("profile");

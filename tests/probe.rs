@@ -21,13 +21,10 @@ fn lejepa_json(args: &[&str]) -> serde_json::Value {
 #[test]
 fn pixel_baseline_lands_where_scikit_learn_logistic_regression_does() {
     let ours = lejepa_json(&["probe", "--data", "digits", "--baseline", "pixels", "--json"])["accuracy"].as_f64().unwrap();
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    let has_sklearn = Command::new(&python).args(["-c", "import sklearn"]).output().is_ok_and(|o| o.status.success());
-    if !has_sklearn {
-        eprintln!("skipping the scikit-learn comparison: .venv has no scikit-learn (run scripts/setup --python)");
+    let Some(python) = common::python_with("sklearn", "the scikit-learn comparison") else {
         assert!(ours > 0.9, "pixel probe on digits: {ours}");
         return;
-    }
+    };
     // The same split, raw pixels, through scikit-learn.
     let ds = lejepa::data::open("digits", &Default::default()).unwrap();
     let dir = scratch("sklearn");

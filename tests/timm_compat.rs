@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use lejepa::models::{Arch, Encoder};
@@ -48,17 +48,6 @@ fn vit_accepts_other_view_sizes_and_reports_probe_features() {
     assert_eq!(global.probe.size(), [3, 384], "class tokens of the last two blocks");
 }
 
-fn python_with_timm() -> Option<PathBuf> {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    let ok = Command::new(&python).args(["-c", "import timm, safetensors"]).output().map(|o| o.status.success());
-    if ok.unwrap_or(false) {
-        Some(python)
-    } else {
-        eprintln!("skipping the timm round trip: .venv has no timm (run scripts/setup --python)");
-        None
-    }
-}
-
 fn timm_check(python: &Path, mode: &str, name: &str, img_size: i64, in_chans: i64, dir: &Path, extra: &[&str]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/timm_check.py");
     let out = Command::new(python)
@@ -79,7 +68,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn weights_and_features_round_trip_with_timm() {
-    let Some(python) = python_with_timm() else { return };
+    let Some(python) = common::python_with("timm, safetensors", "the timm round trip") else { return };
     // (our name, timm name, image size, channels, input size fed: differs for a ViT to exercise interpolation)
     let cases = [
         ("vit-small-patch16", 224, 3, 224),

@@ -18,3 +18,17 @@ pub fn scratch(name: &str) -> Scratch {
     let prefix = format!("lejepa-{}-{name}-", env!("CARGO_CRATE_NAME"));
     Scratch(tempfile::Builder::new().prefix(&prefix).tempdir().expect("cannot create a scratch folder"))
 }
+
+/// The project's Python (`.venv`, made by `scripts/setup --python`) if it can import `modules`
+/// (e.g. "timm, safetensors"); else None, saying on stderr that `skipped` is skipped.
+#[allow(dead_code)] // not every test file compares against Python
+pub fn python_with(modules: &str, skipped: &str) -> Option<std::path::PathBuf> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let import = format!("import {modules}");
+    if std::process::Command::new(&python).args(["-c", &import]).output().is_ok_and(|o| o.status.success()) {
+        Some(python)
+    } else {
+        eprintln!("skipping {skipped}: .venv cannot import {modules} (run scripts/setup --python)");
+        None
+    }
+}
