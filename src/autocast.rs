@@ -39,3 +39,23 @@ pub fn without_cpu_autocast<T>(f: impl FnOnce() -> T) -> T {
     unsafe { lejepa_autocast_set_enabled(0, was_enabled) };
     result
 }
+
+/// Whether a CPU whose /proc/cpuinfo reads `cpuinfo` has bf16 arithmetic units (AVX512-BF16 or AMX-BF16); without
+/// them libtorch emulates bf16 and `--precision bf16` is slower than f32 on the CPU.
+pub fn cpu_has_bf16_units(cpuinfo: &str) -> bool {
+    cpuinfo.lines().filter(|line| line.starts_with("flags")).any(|line| {
+        line.split_whitespace().any(|flag| flag == "avx512_bf16" || flag == "amx_bf16")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bf16_units_are_read_from_the_flags_line() {
+        let with = "processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\nmodel name\t: Xeon\n";
+        let without = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\nmodel name\t: avx512_bf16 in a name\n";
+        assert!(super::cpu_has_bf16_units(with));
+        assert!(!super::cpu_has_bf16_units(without));
+        assert!(!super::cpu_has_bf16_units(""));
+    }
+}

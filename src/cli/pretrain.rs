@@ -87,6 +87,13 @@ pub fn run(args: Args) -> Result<()> {
             group.as_ref().map_or(String::new(), |g| format!(" per process, {} processes", g.world)),
         );
     }
+    if leader && config.precision == "bf16" && config.device == "cpu" {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        if !cpuinfo.is_empty() && !crate::autocast::cpu_has_bf16_units(&cpuinfo) {
+            eprintln!("warning: this CPU has no bf16 units (avx512_bf16 or amx_bf16); libtorch emulates bf16 here, so \
+                       --precision bf16 is likely slower than f32 (for the cpu-hour preset: --precision f32 --epochs 4)");
+        }
+    }
     let (run_dir, resume) = match &args.resume {
         Some(dir) => (dir.clone(), true),
         None => {
