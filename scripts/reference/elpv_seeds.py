@@ -2,8 +2,8 @@
   python scripts/reference/elpv_seeds.py FIGURE.png OUT_SEED0 OUT_SEED1 ...
 Prints, per task, a table of the mean over the pretraining seeds of each row's accuracy (itself a mean over the
 probe's label draws) at 1, 2, 5, 10 labels per class and all labels (balanced accuracy in brackets), and the
-in-domain minus transfer difference
-of each seed; draws the means with the seeds' spread (min to max) like the paper's Figure 12.
+in-domain minus transfer difference of each seed; draws the means with the seeds' spread (min to max) like the
+paper's Figure 12.
 Random init and raw pixels do not depend on the pretraining seed (they are the same in every OUT).
 """
 import json, os, sys
@@ -40,7 +40,8 @@ for ax, (data, title) in zip(axes, [("elpv", "defect level (4 classes)"), ("elpv
         mean = [sum(v) / len(v) for v in per_shot]
         mean_balanced = sum(seed[row] for seed in balanced) / len(balanced)
         print(f"| {label} | " + " | ".join(f"{m:.1f}" for m in mean) + f" ({mean_balanced:.1f}) |")
-        spread = [[m - min(v) for m, v in zip(mean, per_shot)], [max(v) - m for m, v in zip(mean, per_shot)]]
+        # max(0, ·): rows equal in every seed (random init, pixels) would give rounding-size negatives.
+        spread = [[max(0.0, m - min(v)) for m, v in zip(mean, per_shot)], [max(0.0, max(v) - m) for m, v in zip(mean, per_shot)]]
         ax.errorbar(range(len(shots)), mean, yerr=spread, marker="o", capsize=3, label=label)
     for i, seed in enumerate(seeds):
         difference = [a - b for a, b in zip(seed["in-domain"], seed["transfer"])]
