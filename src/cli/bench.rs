@@ -316,6 +316,16 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(dir) = &args.profile {
         std::fs::create_dir_all(dir).with_context(|| format!("--profile: creating {}", dir.display()))?;
     }
+    // Which CPU, and whether it has bf16 units: a VM's host can change between runs (this project's did: the
+    // same bench on a CPU whose hypervisor hides AVX512-BF16 and AMX emulates bf16 and gives other bf16 ratios).
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo.lines().find(|line| line.split(':').next().is_some_and(|key| key.trim() == name)).and_then(|line| line.split_once(':')).map(|(_, value)| value.trim().to_string())
+    };
+    // A VM's model name can be generic ("Intel(R) Xeon(R) Processor"); family and model number say which generation.
+    let cpu = field("model name").map(|name| format!("{name}, family {} model {}", field("cpu family").unwrap_or_default(), field("model").unwrap_or_default()));
+    let bf16_units = crate::autocast::cpu_has_bf16_units(&cpuinfo);
+    println!("CPU: {} ({} bf16 units)", cpu.as_deref().unwrap_or("unknown"), if bf16_units { "with" } else { "no" });
     let wants = |w: &str| args.workloads.iter().any(|x| x == w);
     let mut rows: Vec<Row> = Vec::new();
     let (mut peak_f32, mut peak_bf16) = (None, None);
@@ -496,7 +506,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     if args.json {
-        println!("{}", json!({"threads": args.threads, "gemm_peak_f32": peak_f32, "gemm_peak_bf16": peak_bf16, "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>()}));
+        println!("{}", json!({"threads": args.threads, "cpu": cpu, "cpu_bf16_units": bf16_units, "gemm_peak_f32": peak_f32, "gemm_peak_bf16": peak_bf16, "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>()}));
     }
     Ok(())
 }

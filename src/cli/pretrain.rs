@@ -90,8 +90,9 @@ pub fn run(args: Args) -> Result<()> {
     if leader && config.precision == "bf16" && config.device == "cpu" {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         if !cpuinfo.is_empty() && !crate::autocast::cpu_has_bf16_units(&cpuinfo) {
-            eprintln!("warning: this CPU has no bf16 units (avx512_bf16 or amx_bf16); libtorch emulates bf16 here, so \
-                       --precision bf16 is likely slower than f32 (for the cpu-hour preset: --precision f32 --epochs 4)");
+            eprintln!("warning: this CPU has no bf16 units (avx512_bf16 or amx_bf16); libtorch emulates bf16 here, and \
+                       --precision bf16 runs about 3× slower than f32 (BENCHMARKS.md); for the cpu-hour preset use \
+                       --precision f32 --epochs 4");
         }
     }
     let (run_dir, resume) = match &args.resume {
