@@ -149,6 +149,21 @@ fn bad_config_values_are_rejected_before_training() {
 }
 
 #[test]
+fn a_lambda_small_for_the_batch_is_warned_about() {
+    let out = scratch("small-lambda");
+    // Batch 64 (tiny's): λ 0.01 gives N·λ 0.64, the balance at which RESULTS.md saw the embedding narrow to one or
+    // two directions; the default λ 0.05 gives 3.2.
+    let stderr = |lambda: &str| {
+        let output = tiny(&out.join(lambda), &["--lambda", lambda, "--max-steps", "1"]).output().unwrap();
+        summary(&output);
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let warned = stderr("0.01");
+    assert!(warned.contains("N·λ = 0.64"), "{warned}");
+    assert!(!stderr("0.05").contains("N·λ"));
+}
+
+#[test]
 fn bf16_autocast_on_cpu_runs_in_bf16_and_tracks_f32() {
     let out = scratch("bf16");
     let run = |precision: &str| summary(&tiny(&out.join(precision), &["--max-steps", "12", "--precision", precision]).output().unwrap());

@@ -95,6 +95,16 @@ pub fn run(args: Args) -> Result<()> {
                        --precision f32 --epochs 4");
         }
     }
+    // SIGReg is the Epps–Pulley statistic times the batch N it sees, the invariance term a mean: their balance is
+    // set by about N·λ, not λ (RESULTS.md, "λ is a weight per batch size": at N·λ 0.64 the projector's outputs
+    // stayed on one or two directions; at 2.56, from batch 128 or 512 alike, they spread).
+    let sigreg_batch = config.batch_size * group.as_ref().map_or(1, |g| g.world);
+    let balance = sigreg_batch as f64 * config.lambda;
+    if leader && balance < 1.0 {
+        eprintln!("warning: N·λ = {balance:.2} (SIGReg's batch {sigreg_batch} × λ {}) is below 1: SIGReg's weight against \
+                   the invariance term is about N·λ, and this project's runs at N·λ 0.64 narrowed the embedding to one or \
+                   two directions; raise λ as the batch shrinks (README, \"Choosing λ with the batch size\")", config.lambda);
+    }
     let (run_dir, resume) = match &args.resume {
         Some(dir) => (dir.clone(), true),
         None => {
