@@ -316,8 +316,8 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(dir) = &args.profile {
         std::fs::create_dir_all(dir).with_context(|| format!("--profile: creating {}", dir.display()))?;
     }
-    // Which CPU, and whether it has bf16 units: a VM's host can change between runs (this project's did: the
-    // same bench on a CPU whose hypervisor hides AVX512-BF16 and AMX emulates bf16 and gives other bf16 ratios).
+    // Which CPU, and whether it has bf16 units: a VM's host can change between runs (this project's did: on a host
+    // whose hypervisor hides AVX512-BF16 and AMX, libtorch emulates bf16 and every bf16 row changes).
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
         cpuinfo.lines().find(|line| line.split(':').next().is_some_and(|key| key.trim() == name)).and_then(|line| line.split_once(':')).map(|(_, value)| value.trim().to_string())
