@@ -48,8 +48,25 @@ pub fn cpu_has_bf16_units(cpuinfo: &str) -> bool {
     })
 }
 
+/// The CPU's name as /proc/cpuinfo (`cpuinfo`) gives it, with its family and model number, which say the generation
+/// where a VM's name is generic ("Intel(R) Xeon(R) Processor, family 6 model 207"); None without a model name.
+pub fn cpu_name(cpuinfo: &str) -> Option<String> {
+    let field = |name: &str| {
+        cpuinfo.lines().filter_map(|line| line.split_once(':')).find(|(key, _)| key.trim() == name).map(|(_, value)| value.trim())
+    };
+    let model_name = field("model name")?;
+    Some(format!("{model_name}, family {} model {}", field("cpu family").unwrap_or("?"), field("model").unwrap_or("?")))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_cpu_name_carries_family_and_model_number() {
+        let cpuinfo = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\nmodel name\t: Intel(R) Xeon(R) Processor\n";
+        assert_eq!(super::cpu_name(cpuinfo).as_deref(), Some("Intel(R) Xeon(R) Processor, family 6 model 207"));
+        assert_eq!(super::cpu_name("processor\t: 0\n"), None);
+    }
+
     #[test]
     fn bf16_units_are_read_from_the_flags_line() {
         let with = "processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\nmodel name\t: Xeon\n";

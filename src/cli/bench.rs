@@ -319,11 +319,7 @@ pub fn run(args: Args) -> Result<()> {
     // Which CPU, and whether it has bf16 units: a VM's host can change between runs (this project's did: on a host
     // whose hypervisor hides AVX512-BF16 and AMX, libtorch emulates bf16 and every bf16 row changes).
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        cpuinfo.lines().find(|line| line.split(':').next().is_some_and(|key| key.trim() == name)).and_then(|line| line.split_once(':')).map(|(_, value)| value.trim().to_string())
-    };
-    // A VM's model name can be generic ("Intel(R) Xeon(R) Processor"); family and model number say which generation.
-    let cpu = field("model name").map(|name| format!("{name}, family {} model {}", field("cpu family").unwrap_or_default(), field("model").unwrap_or_default()));
+    let cpu = crate::autocast::cpu_name(&cpuinfo);
     let bf16_units = crate::autocast::cpu_has_bf16_units(&cpuinfo);
     println!("CPU: {} ({} bf16 units)", cpu.as_deref().unwrap_or("unknown"), if bf16_units { "with" } else { "no" });
     let wants = |w: &str| args.workloads.iter().any(|x| x == w);
