@@ -20,7 +20,12 @@ fn main() {
 
     // The commit the binary is built from, for run metadata: a run must name the code that
     // computed it, not whatever is checked out when it runs. Re-run when HEAD moves (.git/HEAD
-    // names the branch, its ref file or packed-refs the commit).
+    // names the branch, its ref file or packed-refs the commit). Only files that exist are named:
+    // cargo re-runs a build script on every build while one of its paths is missing (a repository
+    // that never packed its refs has no packed-refs, and one that did may have no loose ref file),
+    // which recompiled the whole crate each time. A missing branch ref is watched through its
+    // folder, where the next commit creates it; packing refs deletes a watched loose ref, which
+    // re-runs this script.
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -31,9 +36,15 @@ fn main() {
     };
     println!("cargo:rustc-env=LEJEPA_GIT_COMMIT={}", git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into()));
     let branch = git(&["symbolic-ref", "-q", "HEAD"]);
-    for name in ["HEAD", "packed-refs"].into_iter().map(String::from).chain(branch) {
-        if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
-            println!("cargo:rerun-if-changed={path}");
+    for name in ["HEAD", "packed-refs"].into_iter().map(String::from).chain(branch.clone()) {
+        let Some(path) = git(&["rev-parse", "--git-path", &name]) else { continue };
+        let path = std::path::PathBuf::from(path);
+        if path.exists() {
+            println!("cargo:rerun-if-changed={}", path.display());
+        } else if Some(&name) == branch.as_ref() {
+            if let Some(folder) = path.parent().filter(|folder| folder.exists()) {
+                println!("cargo:rerun-if-changed={}", folder.display());
+            }
         }
     }
 
