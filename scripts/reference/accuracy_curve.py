@@ -1,6 +1,7 @@
 """Linear-probe accuracy against training wall-clock: the table and figure of scripts/results-fashion-mnist.
 
-  python scripts/reference/accuracy_curve.py RUN_DIR OUT_DIR   → OUT/curve.json, curve.md, curve.png
+  python scripts/reference/accuracy_curve.py RUN_DIR OUT_DIR [CORES]   → OUT/curve.json, curve.md, curve.png
+                                                                 (CORES: the x axis's note, default "2 cores")
   python scripts/reference/accuracy_curve.py --plot JSON PNG   → redraw a curve.json
                                                                  (RESULTS.md: results/fashion-mnist-accuracy-time.json)
 
@@ -22,7 +23,7 @@ def plot(curve, png):
             ax.plot([t for t, _ in points], [a for _, a in points], style, label=label)
     for (name, a), (color, style) in zip(curve["baselines"].items(), [("gray", ":"), ("black", "--")]):
         ax.axhline(a, linestyle=style, color=color, linewidth=1, label=name)
-    ax.set_xlabel("training wall-clock (minutes, 2 cores)")
+    ax.set_xlabel(f"training wall-clock (minutes, {curve.get('cores', '2 cores')})")
     ax.set_ylabel("frozen linear probe top-1 (%)")
     ax.set_title(curve.get("title", "Fashion-MNIST: accuracy against training time"))
     ax.grid(alpha=0.3)
@@ -31,7 +32,7 @@ def plot(curve, png):
     fig.savefig(png, dpi=120)
 
 
-def from_probes(run, out):
+def from_probes(run, out, cores):
     probes = os.path.join(out, "probes")
 
     def accuracy(name):
@@ -60,7 +61,7 @@ def from_probes(run, out):
     baselines = {name: 100 * rows[name]["all"]["accuracy"] for name in rows}
     return {"title": "Fashion-MNIST: accuracy against training time",
             "curves": {"lejepa": ours, **({"PyTorch reference": sorted(reference)} if reference else {})},
-            "baselines": baselines}
+            "baselines": baselines, "cores": cores}
 
 
 if __name__ == "__main__":
@@ -68,7 +69,7 @@ if __name__ == "__main__":
         plot(json.load(open(sys.argv[2])), sys.argv[3])
         sys.exit()
     out = sys.argv[2]
-    curve = from_probes(sys.argv[1], out)
+    curve = from_probes(sys.argv[1], out, sys.argv[3] if len(sys.argv) > 3 else "2 cores")
     with open(os.path.join(out, "curve.json"), "w") as f:
         json.dump(curve, f, indent=1)
     with open(os.path.join(out, "curve.md"), "w") as f:
