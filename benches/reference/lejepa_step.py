@@ -13,11 +13,12 @@ torchvision v2 multi-crop transform behind a DataLoader with workers.
 
 `train` pretrains with lejepa's cpu-small recipe for a wall-clock budget (RESULTS.md's equal-time
 comparison) and saves the timm backbone as safetensors every --save-every seconds, for
-`lejepa probe --checkpoint FILE --arch vit-tiny-patch4-depth6`.
+`lejepa probe --checkpoint FILE --arch vit-tiny-patch4-depth6`. SIGUSR1 ends it after the current step,
+with the backbone saved, so that a side-by-side run can stop it when lejepa's run ends.
 
 Prints one JSON line: per-repetition throughput, FLOPs of one step (FlopCounterMode), peak memory.
 """
-import argparse, gzip, json, os, resource, time
+import argparse, gzip, json, os, resource, signal, time
 
 import numpy as np
 import torch
@@ -330,6 +331,8 @@ def train(a):
     log = open(os.path.join(a.out, "metrics.jsonl"), "w")
     t0 = time.perf_counter()
     next_save, step, done, saved_at = a.save_every, 0, False, None
+    stop_requested = []  # set by SIGUSR1; checked between steps, never inside one
+    signal.signal(signal.SIGUSR1, lambda *_: stop_requested.append(True))
 
     def save(elapsed):
         nonlocal saved_at
@@ -354,7 +357,7 @@ def train(a):
             if elapsed >= next_save:
                 save(elapsed)
                 next_save += a.save_every
-            if elapsed >= a.seconds or step >= total:
+            if elapsed >= a.seconds or step >= total or stop_requested:
                 done = True
                 break
         if done:
