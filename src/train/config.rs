@@ -322,11 +322,11 @@ pub struct ConfigArgs {
     #[arg(long)]
     pub local_size: Option<usize>,
     /// Global views' crop scale, fractions of the image's area as LOW,HIGH (default 0.3,1)
-    #[arg(long, value_delimiter = ',', value_name = "LOW,HIGH")]
-    pub global_scale: Option<Vec<f64>>,
+    #[arg(long, value_name = "LOW,HIGH", value_parser = parse_scale)]
+    pub global_scale: Option<[f64; 2]>,
     /// Local views' crop scale, fractions of the image's area as LOW,HIGH (default 0.05,0.3)
-    #[arg(long, value_delimiter = ',', value_name = "LOW,HIGH")]
-    pub local_scale: Option<Vec<f64>>,
+    #[arg(long, value_name = "LOW,HIGH", value_parser = parse_scale)]
+    pub local_scale: Option<[f64; 2]>,
     /// A complete view recipe in the format of a run's augment.toml.
     #[arg(long)]
     pub augment_file: Option<PathBuf>,
@@ -368,6 +368,15 @@ pub struct ConfigArgs {
     pub keep_backbones: bool,
 }
 
+/// A crop scale flag's "LOW,HIGH" (the range itself is checked with the rest of the config, in `validate`).
+fn parse_scale(text: &str) -> Result<[f64; 2], String> {
+    let fractions: Vec<f64> = text.split(',').map(|v| v.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|e| format!("{e}"))?;
+    match fractions[..] {
+        [low, high] => Ok([low, high]),
+        _ => Err(format!("takes two fractions, LOW,HIGH (e.g. 0.6,1), got {} value(s)", fractions.len())),
+    }
+}
+
 impl ConfigArgs {
     /// Preset, then file, then flags.
     pub fn resolve(&self) -> Result<Config> {
@@ -385,13 +394,7 @@ impl ConfigArgs {
         macro_rules! set_option {
             ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field.clone(); } )* };
         }
-        set_option!(max_steps, global_size, local_size, augment_file, threads, eval_images);
-        for (flag, scale, field) in [("--global-scale", &self.global_scale, &mut c.global_scale), ("--local-scale", &self.local_scale, &mut c.local_scale)] {
-            if let Some(values) = scale {
-                ensure!(values.len() == 2, "{flag} takes two fractions, LOW,HIGH (e.g. 0.4,1), got {values:?}");
-                *field = Some([values[0], values[1]]);
-            }
-        }
+        set_option!(max_steps, global_size, local_size, global_scale, local_scale, augment_file, threads, eval_images);
         if let Some(spec) = &self.data.data {
             c.data = spec.clone();
         }
