@@ -79,12 +79,17 @@ fn round_to_multiple(size: f64, multiple: usize) -> usize {
     ((size / multiple as f64).round() as usize).max(1) * multiple
 }
 
+/// The paper's local view size for a global size: 3/7 of it (224 → 96, 28 → 12), a multiple of `multiple_of`.
+pub fn local_size_for(global_size: usize, multiple_of: usize) -> usize {
+    round_to_multiple(global_size as f64 * 3.0 / 7.0, multiple_of)
+}
+
 impl MultiCrop {
     /// The paper's multi-crop for images of side `image_size`: global views at that size (at most
     /// 224), local views at 3/7 of it (224 → 96, 28 → 12), both multiples of `multiple_of`.
     pub fn lejepa(image_size: usize, multiple_of: usize, global_views: usize, local_views: usize) -> MultiCrop {
         let global = round_to_multiple(image_size.min(224) as f64, multiple_of);
-        let local = round_to_multiple(global as f64 * 3.0 / 7.0, multiple_of);
+        let local = local_size_for(global, multiple_of);
         MultiCrop {
             global_views,
             global: ViewRecipe::lejepa(global, [0.3, 1.0]),

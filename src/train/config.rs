@@ -49,7 +49,7 @@ pub struct Config {
     pub global_size: Option<usize>,
     pub local_size: Option<usize>,
     /// Crop scales, as fractions of the image's area, of the global and the local views; default: the recipe's
-    /// (lejepa: 0.3–1 and 0.05–0.3). On 28 px Fashion-MNIST milder ones gave the f32 hour 1.65 points (RESULTS.md).
+    /// (lejepa: 0.3–1 and 0.05–0.3). On 28 px Fashion-MNIST milder ones gave the f32 hour about 2 points (RESULTS.md).
     pub global_scale: Option<[f64; 2]>,
     pub local_scale: Option<[f64; 2]>,
     /// A complete view recipe (the format of a run's augment.toml: every crop, jitter, blur and
@@ -230,7 +230,7 @@ impl Config {
         // A global size given alone sets the local size to 3/7 of it, as the default does.
         let global_size = self.global_size.unwrap_or(crop.global.size);
         let local_size = self.local_size.unwrap_or(if self.global_size.is_some() {
-            (((global_size as f64 * 3.0 / 7.0) / multiple_of as f64).round() as usize).max(1) * multiple_of
+            crate::data::augment::local_size_for(global_size, multiple_of)
         } else {
             crop.local.size
         });
