@@ -17,7 +17,7 @@ def plot(curve, png):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
-    styles = ["o-", "o--", "s-", "^-", "^--"]
+    styles = ["o-", "o--", "s-", "^-", "^--", "d-", "d--"]
     for (label, points), style in zip(curve["curves"].items(), styles):
         if points:
             ax.plot([t for t, _ in points], [a for _, a in points], style, label=label)
