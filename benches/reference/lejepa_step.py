@@ -227,7 +227,7 @@ class MultiCrop(torch.utils.data.Dataset):
                 v2.Normalize([mean], [std]),
             ])
 
-        self.global_view, self.local_view = view(a.global_size, (0.3, 1.0)), view(a.local_size, (0.05, 0.3))
+        self.global_view, self.local_view = view(a.global_size, a.global_scale), view(a.local_size, a.local_scale)
         self.vg, self.vl = a.global_views, a.local_views
 
     def __len__(self):
@@ -377,6 +377,9 @@ if __name__ == "__main__":
     p.add_argument("--local-views", type=int, default=4)
     p.add_argument("--global-size", type=int, default=28)
     p.add_argument("--local-size", type=int, default=12)
+    scales = lambda text: tuple(float(x) for x in text.split(","))  # "0.3,1" → (0.3, 1.0), as lejepa's flags
+    p.add_argument("--global-scale", type=scales, default=(0.3, 1.0), help="global crops' area, fractions of the image")
+    p.add_argument("--local-scale", type=scales, default=(0.05, 0.3), help="local crops' area, fractions of the image")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--skip-memory", action="store_true", help="model: time only (a later round of the same row)")
