@@ -9,7 +9,7 @@ curve.json: {"title": ..., "curves": {label: [[minutes, top-1 %], ...]}, "baseli
 lejepa's time at step s is the sum of its step times up to s (metrics.jsonl, data waits included, the online
 probe's evaluations excluded); the reference logs seconds since its first step.
 """
-import glob, json, os, re, sys
+import glob, itertools, json, os, re, sys
 
 
 def plot(curve, png):
@@ -18,7 +18,7 @@ def plot(curve, png):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     styles = ["o-", "o--", "s-", "^-", "^--", "d-", "d--"]
-    for (label, points), style in zip(curve["curves"].items(), styles):
+    for (label, points), style in zip(curve["curves"].items(), itertools.cycle(styles)):  # every curve drawn
         if points:
             ax.plot([t for t, _ in points], [a for _, a in points], style, label=label)
     for (name, a), (color, style) in zip(curve["baselines"].items(), [("gray", ":"), ("black", "--")]):
