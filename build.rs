@@ -50,7 +50,8 @@ fn main() {
 
     // The C++ shims, compiled against the wheel's headers: bf16 autocast (src/shim/autocast.cpp),
     // AdamW's fused update (src/shim/optim.cpp), the operator profiler for `lejepa bench --profile`
-    // (src/shim/profiler.cpp), host-to-GPU copies (src/shim/cuda_memory.cpp) and
+    // (src/shim/profiler.cpp), host-to-GPU copies (src/shim/cuda_memory.cpp), MKL's kernel choice on
+    // AMD CPUs (src/shim/mkl_dispatch.cpp) and
     // c10d (src/shim/distributed.cpp; gloo's own headers are not in the wheel, src/shim/gloo declares
     // the names torch's header mentions). NCCL, the CUDA allocator's counters and the fused CUDA
     // SIGReg (src/shim/sigreg_cuda.cpp) when the wheel is a CUDA build and the CUDA headers are
@@ -63,6 +64,7 @@ fn main() {
             .file("src/shim/autocast.cpp")
             .file("src/shim/distributed.cpp")
             .file("src/shim/cuda_memory.cpp")
+            .file("src/shim/mkl_dispatch.cpp")
             .file("src/shim/optim.cpp")
             .file("src/shim/profiler.cpp")
             .include(root.join("include"))
@@ -93,6 +95,20 @@ fn main() {
             println!("cargo:rustc-link-lib=dylib=c10_cuda"); // the caching allocator (cuda_memory.cpp)
         }
         build.compile("lejepa_shim");
+        // MKL's vendor check, answered by src/shim/mkl_dispatch.cpp: pulled out of the shim's archive
+        // although no Rust code calls it, and exported from every binary, so that libtorch's calls
+        // into MKL find it before MKL's own.
+        println!("cargo:rustc-link-arg=-Wl,--undefined=mkl_serv_intel_cpu_true");
+        println!("cargo:rustc-link-arg=-Wl,--export-dynamic-symbol=mkl_serv_intel_cpu_true");
+        // The same file as a library to preload into the PyTorch reference (`lejepa bench --reference-mkl lejepa`),
+        // to tell apart what this choice gives from the rest of a ratio.
+        let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap());
+        let preload = out.join("libmkl_dispatch.so");
+        let mut compile = cc::Build::new().cpp(true).get_compiler().to_command();
+        compile.args(["-shared", "-fPIC", "-O2", "src/shim/mkl_dispatch.cpp", "-ldl", "-o"]).arg(&preload);
+        let status = compile.status().expect("running the C++ compiler for src/shim/mkl_dispatch.cpp");
+        assert!(status.success(), "compiling src/shim/mkl_dispatch.cpp into {}", preload.display());
+        println!("cargo:rustc-env=LEJEPA_MKL_DISPATCH_PRELOAD={}", preload.display());
     }
     println!("cargo::rustc-check-cfg=cfg(lejepa_cuda)");
     println!("cargo:rerun-if-changed=src/shim");

@@ -192,3 +192,21 @@ fn a_run_that_cannot_fit_in_memory_says_so_before_training() {
     let metrics = std::fs::read_to_string(out.join("001-vit-base-patch4/metrics.jsonl")).unwrap_or_default();
     assert!(metrics.is_empty(), "no training step may have run");
 }
+
+#[test]
+fn mkl_kernel_choice_changes_the_speed_not_the_losses() {
+    // Our binaries tell MKL the CPU is Intel's, so that it runs its AVX2 kernels on AMD CPUs too
+    // (src/mkl_dispatch.rs); LEJEPA_MKL_VENDOR_CHECK=1 keeps MKL's own choice. On an AMD CPU the two
+    // are different kernels (summing in another order); on an Intel one the same. Either way the
+    // losses of the first steps agree to f32 rounding.
+    let out = scratch("mkl");
+    let forced = tiny(&out.join("forced"), &["--max-steps", "3"]).output().unwrap();
+    let own = tiny(&out.join("own"), &["--max-steps", "3"]).env("LEJEPA_MKL_VENDOR_CHECK", "1").output().unwrap();
+    let (forced, own) = (summary(&forced), summary(&own));
+    let curve = |s: &serde_json::Value| losses(&PathBuf::from(s["run_dir"].as_str().unwrap()));
+    let (forced, own) = (curve(&forced), curve(&own));
+    assert_eq!(forced.len(), 3);
+    for ((step, a), (_, b)) in forced.iter().zip(&own) {
+        assert!((a - b).abs() <= 1e-4 * b.abs(), "step {step}: loss {a} with MKL's Intel kernels, {b} with its own choice");
+    }
+}

@@ -61,6 +61,10 @@ pub struct Args {
     /// with) or lejepa (ours: heap only, never trimmed), to tell the allocator's share of a ratio.
     #[arg(long, default_value = "glibc", value_parser = ["glibc", "lejepa"])]
     reference_malloc: String,
+    /// The reference's MKL kernels: MKL's own choice (what any PyTorch program gets) or lejepa's
+    /// (on a non-Intel CPU MKL's Intel kernels, src/mkl_dispatch.rs), to tell that choice's share of a ratio.
+    #[arg(long, default_value = "own", value_parser = ["own", "lejepa"])]
+    reference_mkl: String,
     /// Model rows: after the timed steps, record one more step of each side with PyTorch's operator
     /// profiler into DIR/<arch>-<precision>-{lejepa,reference}.json (Chrome traces; compare them
     /// with benches/reference/compare_profiles.py).
@@ -105,13 +109,18 @@ fn reference(args: &Args, mode: &str, extra: &[String]) -> Result<Value> {
     // From the repository the binary runs in (a copy on another machine, a GPU one say), else where it was built.
     let relative = PathBuf::from("benches/reference/lejepa_step.py");
     let script = if relative.exists() { relative } else { PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative) };
-    let out = Command::new(&args.python)
+    let mut command = Command::new(&args.python);
+    command
         .arg(&script)
         .arg(mode)
         .args(["--threads", &args.threads.to_string(), "--reps", &args.reps.to_string(), "--steps", &args.steps.to_string()])
         .args(["--batch", &args.batch_size.to_string(), "--workers", &args.workers.to_string(), "--device", &args.device])
         .args(["--malloc", &args.reference_malloc])
-        .args(extra)
+        .args(extra);
+    if args.reference_mkl == "lejepa" {
+        command.env("LD_PRELOAD", env!("LEJEPA_MKL_DISPATCH_PRELOAD"));
+    }
+    let out = command
         .output()
         .with_context(|| format!("running {} (scripts/setup --python installs its packages)", args.python.display()))?;
     ensure!(out.status.success(), "reference {mode} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -150,18 +159,27 @@ fn sync(device: Device) {
 
 /// FLOP/s of a square matmul, best of 3 (8192³ on CUDA, where 3072³ is too small to fill the GPU).
 fn gemm_peak(kind: Kind, device: Device) -> f64 {
-    let n = if device == Device::Cpu { 3072 } else { 8192 };
-    let (a, b) = (Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind), Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind));
+    let square = |n: i64| (Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind), Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind));
+    let rate = |n: i64, a: &Tensor, b: &Tensor| {
+        let t = Instant::now();
+        let _ = a.matmul(b);
+        sync(device);
+        2.0 * (n as f64).powi(3) / t.elapsed().as_secs_f64()
+    };
+    let mut n = if device == Device::Cpu { 3072 } else { 8192 };
+    if device == Device::Cpu {
+        // A CPU that emulates bf16 without AVX-512 (a Zen 3 EPYC: 0.4 GFLOP/s) would take minutes per 3072³
+        // product: there a smaller one, of at most about 2 s, gives the peak.
+        let (a, b) = square(512);
+        let probe = (0..2).map(|_| rate(512, &a, &b)).fold(0.0, f64::max);
+        while n > 512 && 2.0 * (n as f64).powi(3) / probe > 2.0 {
+            n /= 2;
+        }
+    }
+    let (a, b) = square(n);
     let _ = a.matmul(&b);
     sync(device);
-    (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            let _ = a.matmul(&b);
-            sync(device);
-            2.0 * (n as f64).powi(3) / t.elapsed().as_secs_f64()
-        })
-        .fold(0.0, f64::max)
+    (0..3).map(|_| rate(n, &a, &b)).fold(0.0, f64::max)
 }
 
 struct Row {
@@ -322,13 +340,20 @@ pub fn run(args: Args) -> Result<()> {
     let cpu = crate::autocast::cpu_name(&cpuinfo);
     let bf16_units = crate::autocast::cpu_has_bf16_units(&cpuinfo);
     println!("CPU: {} ({} bf16 units)", cpu.as_deref().unwrap_or("unknown"), if bf16_units { "with" } else { "no" });
+    let mkl = crate::mkl_dispatch::vendor_check();
+    if device == Device::Cpu {
+        let reference = if args.reference_mkl == "lejepa" { "the same for the reference" } else { "the reference: MKL's own choice" };
+        println!("{mkl}; {reference}");
+    }
     let wants = |w: &str| args.workloads.iter().any(|x| x == w);
     let mut rows: Vec<Row> = Vec::new();
     let (mut peak_f32, mut peak_bf16) = (None, None);
     if wants("gemm") || wants("model") {
-        let (f32_peak, bf16_peak) = (gemm_peak(Kind::Float, device), gemm_peak(Kind::BFloat16, device));
-        println!("GEMM peak ({}, {} threads): f32 {:.1} GFLOP/s, bf16 {:.1} GFLOP/s", args.device, args.threads, f32_peak / 1e9, bf16_peak / 1e9);
-        (peak_f32, peak_bf16) = (Some(f32_peak), Some(bf16_peak));
+        // The bf16 peak only for bf16 rows: where the CPU emulates bf16, its 3072³ product alone takes minutes.
+        peak_f32 = Some(gemm_peak(Kind::Float, device));
+        peak_bf16 = args.precisions.iter().any(|p| p == "bf16").then(|| gemm_peak(Kind::BFloat16, device));
+        let bf16 = peak_bf16.map(|peak| format!(", bf16 {:.1} GFLOP/s", peak / 1e9)).unwrap_or_default();
+        println!("GEMM peak ({}, {} threads): f32 {:.1} GFLOP/s{bf16}", args.device, args.threads, peak_f32.unwrap() / 1e9);
     }
     if wants("model") {
         for arch in &args.model_archs {
@@ -502,7 +527,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     if args.json {
-        println!("{}", json!({"threads": args.threads, "cpu": cpu, "cpu_bf16_units": bf16_units, "gemm_peak_f32": peak_f32, "gemm_peak_bf16": peak_bf16, "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>()}));
+        println!("{}", json!({"threads": args.threads, "cpu": cpu, "cpu_bf16_units": bf16_units, "mkl": mkl, "reference_mkl": args.reference_mkl, "gemm_peak_f32": peak_f32, "gemm_peak_bf16": peak_bf16, "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>()}));
     }
     Ok(())
 }
