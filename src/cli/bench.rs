@@ -157,7 +157,8 @@ fn sync(device: Device) {
     }
 }
 
-/// FLOP/s of a square matmul, best of 3 (8192³ on CUDA, where 3072³ is too small to fill the GPU).
+/// FLOP/s of a square matmul, best of 3: 3072³ on the CPU (smaller where that would take over about 2 s), 8192³ on
+/// CUDA, where 3072³ is too small to fill the GPU.
 fn gemm_peak(kind: Kind, device: Device) -> f64 {
     let square = |n: i64| (Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind), Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind));
     let rate = |n: i64, a: &Tensor, b: &Tensor| {
