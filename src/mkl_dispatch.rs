@@ -17,8 +17,8 @@ pub struct VendorCheck {
     pub replaced: bool,
     /// What MKL is told: an Intel CPU, so its AVX2/AVX-512 kernels are eligible.
     pub told_intel: bool,
-    /// What MKL's own check says of this CPU.
-    pub mkl_says_intel: bool,
+    /// What MKL's own check says of this CPU; None where libtorch has no MKL.
+    pub mkl_says_intel: Option<bool>,
 }
 
 pub fn vendor_check() -> VendorCheck {
@@ -27,7 +27,10 @@ pub fn vendor_check() -> VendorCheck {
         VendorCheck {
             replaced: lejepa_mkl_vendor_check_replaced() == 1,
             told_intel: lejepa_mkl_told_intel() == 1,
-            mkl_says_intel: lejepa_mkl_own_answer() == 1,
+            mkl_says_intel: match lejepa_mkl_own_answer() {
+                -1 => None,
+                answer => Some(answer == 1),
+            },
         }
     }
 }
@@ -35,10 +38,11 @@ pub fn vendor_check() -> VendorCheck {
 impl std::fmt::Display for VendorCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.replaced, self.told_intel, self.mkl_says_intel) {
-            (_, _, true) => write!(f, "MKL: Intel CPU, MKL's own kernel choice"),
-            (true, true, false) => write!(f, "MKL: non-Intel CPU, MKL's Intel kernels chosen (LEJEPA_MKL_VENDOR_CHECK=1 keeps MKL's choice)"),
-            (true, false, false) => write!(f, "MKL: non-Intel CPU, MKL's own kernel choice (LEJEPA_MKL_VENDOR_CHECK=1)"),
-            (false, _, false) => write!(f, "MKL: non-Intel CPU, MKL's own kernel choice (the binary does not export its vendor check)"),
+            (_, _, None) => write!(f, "MKL: not in this libtorch"),
+            (_, _, Some(true)) => write!(f, "MKL: Intel CPU, MKL's own kernel choice"),
+            (true, true, Some(false)) => write!(f, "MKL: non-Intel CPU, MKL's Intel kernels chosen (LEJEPA_MKL_VENDOR_CHECK=1 keeps MKL's choice)"),
+            (true, false, Some(false)) => write!(f, "MKL: non-Intel CPU, MKL's own kernel choice (LEJEPA_MKL_VENDOR_CHECK=1)"),
+            (false, _, Some(false)) => write!(f, "MKL: non-Intel CPU, MKL's own kernel choice (the binary does not export its vendor check)"),
         }
     }
 }
@@ -51,7 +55,7 @@ mod tests {
     fn mkl_reaches_our_vendor_check_and_the_kernels_it_then_picks_multiply_correctly() {
         let check = super::vendor_check();
         assert!(check.replaced, "the test binary does not export mkl_serv_intel_cpu_true (build.rs link args)");
-        assert_eq!(check.told_intel, std::env::var("LEJEPA_MKL_VENDOR_CHECK").as_deref() != Ok("1") || check.mkl_says_intel);
+        assert_eq!(check.told_intel, std::env::var("LEJEPA_MKL_VENDOR_CHECK").as_deref() != Ok("1") || check.mkl_says_intel == Some(true));
         // At the shapes of the ViT's linear layers, against the same product in f64.
         tch::manual_seed(0);
         for (m, k, n) in [(1280, 192, 576), (1280, 768, 192), (1000, 37, 5)] {

@@ -205,7 +205,7 @@ fn mkl_kernel_choice_changes_the_speed_not_the_losses() {
     let (forced, own) = (summary(&forced), summary(&own));
     let curve = |s: &serde_json::Value| losses(&PathBuf::from(s["run_dir"].as_str().unwrap()));
     let (forced, own) = (curve(&forced), curve(&own));
-    assert_eq!(forced.len(), 3);
+    assert_eq!((forced.len(), own.len()), (3, 3));
     for ((step, a), (_, b)) in forced.iter().zip(&own) {
         assert!((a - b).abs() <= 1e-4 * b.abs(), "step {step}: loss {a} with MKL's Intel kernels, {b} with its own choice");
     }

@@ -16,17 +16,17 @@ static bool keep_mkl_vendor_check() {
   return value != nullptr && std::strcmp(value, "1") == 0;
 }
 
-// MKL's own function of that name (in libtorch_cpu.so), found past ours; null where libtorch
-// has no MKL (then nothing calls this).
+// MKL's own function of that name (in libtorch_cpu.so), found past ours: its answer, or -1 where
+// libtorch has no MKL (then nothing calls ours either).
 static int mkl_own_answer() {
   using Check = int (*)();
   static Check own = reinterpret_cast<Check>(dlsym(RTLD_NEXT, "mkl_serv_intel_cpu_true"));
-  return own != nullptr ? own() : 0;
+  return own != nullptr ? own() : -1;
 }
 
 int mkl_serv_intel_cpu_true() {
   static const bool keep = keep_mkl_vendor_check();
-  return keep ? mkl_own_answer() : 1;
+  return keep ? mkl_own_answer() == 1 : 1;
 }
 
 // What MKL is told (1: an Intel CPU), and whether the name MKL calls resolves to this file's
