@@ -210,3 +210,46 @@ fn mkl_kernel_choice_changes_the_speed_not_the_losses() {
         assert!((a - b).abs() <= 1e-4 * b.abs(), "step {step}: loss {a} with MKL's Intel kernels, {b} with its own choice");
     }
 }
+
+#[test]
+fn a_resnet_run_saved_with_a_narrower_online_probe_resumes_with_a_fresh_probe() {
+    // ResNet runs saved before the probe read the last two blocks have a 512-wide online probe; the
+    // encoder, its optimizer and the schedule must still resume exactly (the loss does not see the probe).
+    let out = scratch("resnet-probe");
+    let resnet = |dir: &str, extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lejepa"));
+        cmd.args(["pretrain", "--data", "digits", "--arch", "resnet18-small", "--projector", "128,128,16"])
+            .args(["--batch-size", "32", "--slices", "64", "--local-views", "0", "--epochs", "1", "--workers", "1"])
+            .args(["--threads", "1", "--eval-images", "100", "--json", "--out"])
+            .arg(out.join(dir))
+            .args(extra);
+        cmd
+    };
+    let reference = summary(&resnet("a", &["--max-steps", "4"]).output().unwrap());
+    let reference = losses(Path::new(reference["run_dir"].as_str().unwrap()));
+    let run = summary(&resnet("b", &["--max-steps", "2", "--checkpoint-every", "2"]).output().unwrap());
+    let run_dir = PathBuf::from(run["run_dir"].as_str().unwrap());
+
+    // Make its checkpoint's online probe (weights and AdamW moments) half as wide, as the old ones were.
+    let checkpoint = run_dir.join("checkpoint.safetensors");
+    let tensors: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(&checkpoint)
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| {
+            let probe_wide = name.contains("probe") && t.dim() > 0 && t.size().last() == Some(&1024);
+            let t = if probe_wide { t.narrow(-1, 0, 512).contiguous() } else { t };
+            (name, t)
+        })
+        .collect();
+    assert_eq!(tensors.iter().filter(|(n, t)| n.contains("probe") && t.size().last() == Some(&512)).count(), 9, "the LayerNorm's weight and bias, the linear weight, and their two AdamW moments");
+    tch::Tensor::write_safetensors(&tensors, &checkpoint).unwrap();
+
+    let resumed = resnet("unused", &["--max-steps", "4", "--resume", run_dir.to_str().unwrap()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("the online probe restarts"), "{}", String::from_utf8_lossy(&resumed.stderr));
+    summary(&resumed);
+    let curve = losses(&run_dir);
+    assert_eq!(curve.len(), 4);
+    for ((s, a), (_, b)) in curve.iter().zip(&reference) {
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "step {s}: resumed loss {a}, uninterrupted {b}");
+    }
+}

@@ -96,10 +96,11 @@ fn weights_and_features_round_trip_with_timm() {
             }
         });
         let input = Tensor::randn([2, in_chans, input_size, input_size], (Kind::Float, Device::Cpu));
-        let ours = tch::no_grad(|| enc.backbone.forward(&input, false).embedding);
+        let ours = tch::no_grad(|| enc.backbone.forward(&input, false));
         enc.save_backbone(&dir.join("weights.safetensors")).unwrap();
         input.write_npy(dir.join("input.npy")).unwrap();
-        ours.write_npy(dir.join("features.npy")).unwrap();
+        ours.embedding.write_npy(dir.join("features.npy")).unwrap();
+        ours.probe.write_npy(dir.join("probe_features.npy")).unwrap();
         timm_check(&python, "verify", &timm_name, img_size, in_chans, &dir, &[]);
 
         // timm → lejepa: we load timm's own initialisation and reproduce its features.
@@ -107,9 +108,17 @@ fn weights_and_features_round_trip_with_timm() {
         enc.load_backbone(&dir.join("weights.safetensors")).unwrap();
         let input = Tensor::read_npy(dir.join("input.npy")).unwrap();
         let theirs = Tensor::read_npy(dir.join("features.npy")).unwrap();
-        let ours = tch::no_grad(|| enc.backbone.forward(&input, false).embedding);
-        let diff = max_abs_diff(&ours, &theirs);
+        let ours = tch::no_grad(|| enc.backbone.forward(&input, false));
+        let diff = max_abs_diff(&ours.embedding, &theirs);
         assert!(diff <= 1e-4, "{arch}: features of timm's weights differ by {diff}");
+        // The probe's features, taken from timm's blocks by forward hooks. (With timm's initialisation
+        // a ResNet block's last BatchNorm γ is zero, so its last two blocks agree; the direction above,
+        // with random γ, is the one that tells them apart.)
+        let theirs = Tensor::read_npy(dir.join("probe_features.npy")).unwrap();
+        assert_eq!(ours.probe.size(), theirs.size(), "{arch}: probe features");
+        assert_eq!(ours.probe.size()[1], enc.backbone.probe_dim(), "{arch}: probe_dim");
+        let diff = max_abs_diff(&ours.probe, &theirs);
+        assert!(diff <= 1e-4, "{arch}: probe features of timm's weights differ by {diff}");
     }
 }
 

@@ -1,9 +1,12 @@
 """Checks that lejepa backbones and timm models are the same network, in both directions.
 
   verify: timm.create_model(NAME, num_classes=0) loads lejepa's safetensors with strict=True and,
-          on the same input, gives the same features as lejepa computed (max abs diff <= --tol).
-  export: a freshly initialised timm model writes its safetensors, an input and its features, for
-          lejepa to load and compare.
+          on the same input, gives the same features and probe features as lejepa computed (max abs
+          diff <= --tol).
+  export: a freshly initialised timm model writes its safetensors, an input, its features and probe
+          features, for lejepa to load and compare.
+Probe features: the paper's, the last two blocks' outputs concatenated (a ViT's class tokens, a ResNet's
+outputs average-pooled), taken from timm's blocks by forward hooks.
 
   .venv/bin/python scripts/reference/timm_check.py verify --name vit_small_patch16_224 --img-size 224 \
       --in-chans 3 --dir DIR      # DIR holds weights.safetensors, input.npy, features.npy
@@ -30,7 +33,16 @@ if a.name.startswith("vit"):
     kwargs.update(img_size=a.img_size, dynamic_img_size=True)
 torch.manual_seed(0)
 model = timm.create_model(a.name, **kwargs).eval()
-weights, inputs, features = (os.path.join(a.dir, f) for f in ("weights.safetensors", "input.npy", "features.npy"))
+weights, inputs, features, probe_features = (os.path.join(a.dir, f) for f in ("weights.safetensors", "input.npy", "features.npy", "probe_features.npy"))
+
+if a.name.startswith("vit"):
+    blocks, pool = list(model.blocks), lambda out: out[:, 0]
+else:
+    blocks = [b for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for b in stage]
+    pool = lambda out: out.mean((2, 3))
+last_two = []
+for block in blocks[-2:]:
+    block.register_forward_hook(lambda module, inputs, out: last_two.append(pool(out)))
 
 if a.mode == "export":
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -40,6 +52,7 @@ if a.mode == "export":
     np.save(inputs, x.numpy())
     with torch.no_grad():
         np.save(features, model(x).numpy())
+    np.save(probe_features, torch.cat(last_two, 1).numpy())
     print(json.dumps({"exported": a.name, "tensors": len(state)}))
     sys.exit(0)
 
@@ -48,6 +61,9 @@ x = torch.from_numpy(np.load(inputs))
 with torch.no_grad():
     ours = torch.from_numpy(np.load(features))
     theirs = model(x)
+    ours_probe, theirs_probe = torch.from_numpy(np.load(probe_features)), torch.cat(last_two, 1)
 diff = (ours - theirs).abs().max().item()
-print(json.dumps({"name": a.name, "max_abs_diff": diff, "shape": list(theirs.shape)}))
-sys.exit(0 if diff <= a.tol else 1)
+probe_diff = (ours_probe - theirs_probe).abs().max().item() if ours_probe.shape == theirs_probe.shape else float("inf")
+print(json.dumps({"name": a.name, "max_abs_diff": diff, "shape": list(theirs.shape),
+                  "probe_max_abs_diff": probe_diff, "probe_shape": list(theirs_probe.shape)}))
+sys.exit(0 if max(diff, probe_diff) <= a.tol else 1)

@@ -28,7 +28,7 @@ pub struct Args {
     /// Output .npy (N × D float32); labels, when present, go to <stem>_labels.npy.
     #[arg(long)]
     out: PathBuf,
-    /// Write the probe features (ViT: last two class tokens) instead of the embedding.
+    /// Write the linear probe's features (the last two blocks: ViT class tokens, ResNet pooled) instead of the embedding.
     #[arg(long)]
     probe_features: bool,
     /// Write the trained projector's outputs (the space SIGReg makes Gaussian) instead of the

@@ -20,6 +20,14 @@ enum Method {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Features {
+    /// The paper's probe features: the last two blocks, concatenated (ViT: class tokens; ResNet: average-pooled).
+    LastTwo,
+    /// The backbone's embedding, timm's pooled output (ViT: the final-norm class token; ResNet: the last block, pooled).
+    Embedding,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Baseline {
     /// The probe on raw (normalised) pixels.
     Pixels,
@@ -41,6 +49,10 @@ pub struct Args {
     data: DataArgs,
     #[arg(long, value_enum, default_value = "linear")]
     method: Method,
+    /// What the probe reads [default: last-two for the linear probe, embedding for k-NN].
+    /// (ResNet linear-probe figures before 2026-12-06 read the embedding.)
+    #[arg(long, value_enum)]
+    features: Option<Features>,
     /// Where to measure: the test split, or the validation split (--val-fraction) to tune without touching test.
     #[arg(long, value_enum, default_value = "test")]
     eval_split: EvalSplit,
@@ -99,9 +111,13 @@ pub fn run(args: Args) -> Result<()> {
 
     // Each row: a name and its (train, test) features, computed once.
     let mut rows: Vec<(String, Tensor, Tensor)> = Vec::new();
-    let kind = match args.method {
-        Method::Linear => FeatureKind::Probe,
-        Method::Knn => FeatureKind::Embedding,
+    let features_read = args.features.unwrap_or(match args.method {
+        Method::Linear => Features::LastTwo,
+        Method::Knn => Features::Embedding,
+    });
+    let kind = match features_read {
+        Features::LastTwo => FeatureKind::Probe,
+        Features::Embedding => FeatureKind::Embedding,
     };
     let mut sources: Vec<(String, bool)> = Vec::new();
     if args.model.has_model() {
@@ -162,6 +178,7 @@ pub fn run(args: Args) -> Result<()> {
     let headline = &report[&rows[0].0][&args.shots[0]];
     let output = json!({
         "data": dataset.spec, "method": format!("{:?}", args.method).to_lowercase(),
+        "features": match features_read { Features::LastTwo => "last-two", Features::Embedding => "embedding" },
         "accuracy": headline["accuracy"], "balanced_accuracy": headline["balanced_accuracy"], "macro_f1": headline["macro_f1"],
         "shots": report[&rows[0].0], "rows": report,
     });

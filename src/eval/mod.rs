@@ -20,7 +20,7 @@ use crate::train::schedule::learning_rate;
 /// Which features a backbone gives for evaluation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FeatureKind {
-    /// What the linear probe reads (ViT: last two class tokens, concatenated; ResNet: pooled).
+    /// What the linear probe reads: the last two blocks, concatenated (ViT: class tokens; ResNet: pooled).
     Probe,
     /// The pooled embedding (ViT: final-norm class token).
     Embedding,

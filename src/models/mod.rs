@@ -21,7 +21,8 @@ use vit::{Vit, VitConfig};
 pub struct Features {
     /// `[B, D]`: timm's pooled output with num_classes=0 (ViT: final-norm class token; ResNet: average pool).
     pub embedding: Tensor,
-    /// `[B, D']`: what the linear probe reads (ViT: class tokens of the last two blocks, concatenated).
+    /// `[B, D']`: what the linear probe reads, the paper's protocol: the last two blocks' outputs,
+    /// concatenated (ViT: their class tokens; ResNet: their outputs, average-pooled).
     pub probe: Tensor,
 }
 
@@ -128,7 +129,7 @@ impl Backbone {
     pub fn probe_dim(&self) -> i64 {
         match self {
             Backbone::Vit(vit) => vit.config().width * vit.config().depth.min(2),
-            Backbone::ResNet(resnet) => resnet.config().embed_dim(),
+            Backbone::ResNet(resnet) => resnet.config().embed_dim() * 2,
         }
     }
 }

@@ -147,17 +147,23 @@ impl ResNet {
         &self.config
     }
 
-    /// images: `[B, C, H, W]` → globally average-pooled features (embedding and probe features alike).
+    /// images: `[B, C, H, W]` → the last block's output, average-pooled (timm's embedding), and the
+    /// pooled outputs of the last two blocks, concatenated: the paper's probe features ("the last two
+    /// layers", mean-pooled where there is no class token), as the ViT's two class tokens.
     pub fn forward(&self, images: &Tensor, train: bool) -> Features {
         let images = images.to_kind(self.stem.0.ws.kind()); // the weights' precision (f32, or f64 for checks)
         let mut x = images.apply(&self.stem.0).apply_t(&self.stem.1, train).relu();
         if !self.config.small_stem {
             x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         }
-        for block in &self.blocks {
+        let mut last_two_pooled = Vec::with_capacity(2);
+        for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, train);
+            if i + 2 >= self.blocks.len() {
+                last_two_pooled.push(x.mean_dim(&[2i64, 3][..], false, None::<tch::Kind>)); // [B, C]
+            }
         }
-        let pooled = x.mean_dim(&[2i64, 3][..], false, None::<tch::Kind>); // [B, C]
-        Features { probe: pooled.shallow_clone(), embedding: pooled }
+        let embedding = last_two_pooled.last().expect("a ResNet has blocks").shallow_clone();
+        Features { probe: Tensor::cat(&last_two_pooled, 1), embedding }
     }
 }

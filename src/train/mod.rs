@@ -202,8 +202,15 @@ impl State {
         copy_variables(&self.encoder.vs, "", &tensors, path)?;
         self.optimizer.load_state("adamw", &get)?;
         if let Some((vs, _, opt)) = &mut self.probe {
-            copy_variables(vs, "probe.", &tensors, path)?;
-            opt.load_state("probe_adamw", &get)?;
+            let stored = tensors.get("probe.norm.weight").map(Tensor::size);
+            if stored.is_some() && stored != vs.variables().get("norm.weight").map(Tensor::size) {
+                // A ResNet run from before its probe read the last two blocks (512 features, now 1,024):
+                // the online probe only reports, so it starts afresh; everything else resumes exactly.
+                eprintln!("{shown}: its online probe reads features of another width; the online probe restarts");
+            } else {
+                copy_variables(vs, "probe.", &tensors, path)?;
+                opt.load_state("probe_adamw", &get)?;
+            }
         }
         Ok(get("step")?.int64_value(&[]) as u64)
     }
