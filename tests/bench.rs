@@ -66,13 +66,19 @@ fn profiles_show_the_references_matrix_products_less_zero_filling_and_f32_attent
     let theirs = operators(&dir.join("vit-tiny-patch4-depth6-f32-reference.json"));
 
     // The same network on both sides: the same matrix products (the blocks' and the projector's
-    // linear layers for both crop sizes, forward and backward) and attention backwards. Both counts
-    // come from one profiled step each, so this also checks that our recording covers the whole
-    // step, backward included.
-    for name in ["aten::mm", "aten::addmm", ATTENTION_BACKWARD] {
+    // linear layers for both crop sizes, forward and backward). Both counts come from one profiled
+    // step each, so this also checks that our recording covers the whole step, backward included.
+    for name in ["aten::mm", "aten::addmm"] {
         assert!(calls(&ours, name) > 0, "no {name} in our profile");
         assert_eq!(calls(&ours, name), calls(&theirs, name), "{name} calls, ours against the reference's");
     }
+    // Attention: the reference's fused kernel runs for both crop sizes; ours for the global crops'
+    // 50 tokens only, while the local crops' 10 go through plain batched products (change 17):
+    // two in the forward and four in the backward of each block.
+    let depth = 6;
+    assert_eq!(calls(&theirs, ATTENTION_BACKWARD), 2 * depth, "the reference's attention backwards");
+    assert_eq!(calls(&ours, ATTENTION_BACKWARD), depth, "our fused attention backwards (global crops only)");
+    assert_eq!(calls(&ours, "aten::bmm"), 6 * depth, "our plain attention products (local crops)");
     // What the profile found (BENCHMARKS.md, change 13): splitting q, k, v with three `select`s
     // made each backward zero-fill a whole [3, B, heads, T, head_dim] gradient; with unbind, as
     // timm, ours fills no more than the reference.
@@ -89,6 +95,8 @@ fn profiles_show_the_references_matrix_products_less_zero_filling_and_f32_attent
         let types = input_types(&ours, name);
         assert!(!types.is_empty() && types.iter().all(|t| t == "float"), "our {name} under bf16 autocast: {types:?}");
     }
+    let types = input_types(&ours, "aten::bmm");
+    assert!(!types.is_empty() && types.iter().all(|t| t == "float"), "our plain attention under bf16 autocast: {types:?}");
     let bf16_products = |ops: &[Op]| input_types(ops, "aten::addmm").iter().filter(|t| *t == "c10::BFloat16").count();
     assert_eq!(bf16_products(&ours), calls(&ours, "aten::addmm"), "a linear layer of ours left bf16");
     assert_eq!(bf16_products(&ours), bf16_products(&theirs));

@@ -72,6 +72,22 @@ pub fn drop_path(branch: Tensor, rate: f64, train: bool) -> Tensor {
     branch * mask / keep
 }
 
+/// On the CPU, sequences up to this many tokens attend through plain matrix products.
+const PLAIN_ATTENTION_MAX_TOKENS: i64 = 32;
+
+/// softmax(q·kᵀ/√head_dim)·v over `[B, heads, T, head_dim]`. libtorch's fused kernel, except for
+/// short sequences on the CPU (the local crops' 10 tokens), where its blocking costs more than it
+/// saves: there the three plain products take half its time, and longer sequences (≥ 50 tokens) are
+/// faster fused (BENCHMARKS.md, change 17).
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    let (_, _, tokens, head_dim) = q.size4().unwrap();
+    if q.device() == Device::Cpu && tokens <= PLAIN_ATTENTION_MAX_TOKENS {
+        let scores = q.matmul(&k.transpose(-2, -1)) * (head_dim as f64).powf(-0.5);
+        return scores.softmax(-1, q.kind()).matmul(v);
+    }
+    Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None, false)
+}
+
 impl Block {
     fn new(path: nn::Path, width: i64, heads: i64, mlp_ratio: f64, drop_path: f64, layer_scale: bool) -> Block {
         let hidden = (width as f64 * mlp_ratio) as i64;
@@ -92,11 +108,12 @@ impl Block {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let (b, t, d) = x.size3().unwrap();
         let qkv = x.apply(&self.norm1).apply(&self.qkv).reshape([b, t, 3, self.heads, d / self.heads]);
-        // [3, B, heads, T, head_dim], split with unbind as timm does: three `select`s would each
-        // give a backward that zero-fills a whole [3, B, heads, T, head_dim] gradient and adds it
-        // up (BENCHMARKS.md, change 13).
-        let [q, k, v]: [Tensor; 3] = qkv.permute([2, 0, 3, 1, 4]).unbind(0).try_into().unwrap();
-        let attention = |q: &Tensor, k: &Tensor, v: &Tensor| Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None, false);
+        // q, k, v as [B, heads, T, head_dim] views, split with unbind (three `select`s would each
+        // give a backward that zero-fills a whole qkv-sized gradient: BENCHMARKS.md, change 13) on
+        // the axis where the linear layer put them. timm permutes that axis to the front first;
+        // unbinding it in place makes the backward stack the three gradients straight into the
+        // layer's [B, T, 3·width] layout, one copy fewer (change 16).
+        let [q, k, v]: [Tensor; 3] = qkv.unbind(2).iter().map(|x| x.transpose(1, 2)).collect::<Vec<_>>().try_into().unwrap();
         let attended = if q.kind() == Kind::BFloat16 && q.device() == Device::Cpu {
             // libtorch's bf16 attention backward on the CPU is 3–10× slower than its f32 one
             // (BENCHMARKS.md, change 14): under bf16 autocast, attention alone runs in f32 there.
