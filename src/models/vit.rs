@@ -200,3 +200,30 @@ impl Vit {
         Features { embedding, probe: Tensor::cat(&last_two_cls, 1) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain products and libtorch's fused (flash) kernel compute the same attention, values and
+    /// gradients to f32 rounding, on the strided q, k, v views the blocks pass (change 16).
+    #[test]
+    fn plain_attention_matches_the_fused_kernel() {
+        tch::manual_seed(0);
+        let (b, t, heads, head_dim) = (4, 10, 3, 16);
+        let qkv = Tensor::randn([b, t, 3, heads, head_dim], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let [q, k, v]: [Tensor; 3] = qkv.unbind(2).iter().map(|x| x.transpose(1, 2)).collect::<Vec<_>>().try_into().unwrap();
+        let upstream = Tensor::randn([b, heads, t, head_dim], (Kind::Float, Device::Cpu));
+        let value_and_gradient = |out: Tensor| {
+            let gradient = Tensor::run_backward(&[(&out * &upstream).sum(Kind::Float)], &[&qkv], true, false).pop().unwrap();
+            (out, gradient)
+        };
+        assert!(t <= PLAIN_ATTENTION_MAX_TOKENS, "the test must take the plain path");
+        let (plain, plain_gradient) = value_and_gradient(attention(&q, &k, &v));
+        let fused = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
+        let (fused, fused_gradient) = value_and_gradient(fused);
+        let max_diff = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
+        assert!(max_diff(&plain, &fused) < 1e-5, "values differ by {}", max_diff(&plain, &fused));
+        assert!(max_diff(&plain_gradient, &fused_gradient) < 1e-5, "gradients differ by {}", max_diff(&plain_gradient, &fused_gradient));
+    }
+}
