@@ -183,6 +183,12 @@ fn gemm_peak(kind: Kind, device: Device) -> f64 {
     (0..3).map(|_| rate(n, &a, &b)).fold(0.0, f64::max)
 }
 
+/// "f32 X GFLOP/s[, bf16 Y GFLOP/s]" (the f32 peak is always measured, the bf16 one only for bf16 rows).
+fn describe_peaks(f32: Option<f64>, bf16: Option<f64>) -> String {
+    let bf16 = bf16.map(|peak| format!(", bf16 {:.1} GFLOP/s", peak / 1e9)).unwrap_or_default();
+    format!("f32 {:.1} GFLOP/s{bf16}", f32.unwrap() / 1e9)
+}
+
 struct Row {
     name: String,
     unit: &'static str,
@@ -353,8 +359,7 @@ pub fn run(args: Args) -> Result<()> {
         // The bf16 peak only for bf16 rows: where the CPU emulates bf16, its 3072³ product alone takes minutes.
         peak_f32 = Some(gemm_peak(Kind::Float, device));
         peak_bf16 = args.precisions.iter().any(|p| p == "bf16").then(|| gemm_peak(Kind::BFloat16, device));
-        let bf16 = peak_bf16.map(|peak| format!(", bf16 {:.1} GFLOP/s", peak / 1e9)).unwrap_or_default();
-        println!("GEMM peak ({}, {} threads): f32 {:.1} GFLOP/s{bf16}", args.device, args.threads, peak_f32.unwrap() / 1e9);
+        println!("GEMM peak ({}, {} threads): {}", args.device, args.threads, describe_peaks(peak_f32, peak_bf16));
     }
     if wants("model") {
         let mut flop_rates = Vec::new(); // (row, bf16, ours, reference)
@@ -413,8 +418,7 @@ pub fn run(args: Args) -> Result<()> {
         // of the VM during one measurement (it once read 118 of 219 GFLOP/s) would put a row above 100%.
         peak_f32 = peak_f32.map(|peak| peak.max(gemm_peak(Kind::Float, device)));
         peak_bf16 = peak_bf16.map(|peak| peak.max(gemm_peak(Kind::BFloat16, device)));
-        let bf16 = peak_bf16.map(|peak| format!(", bf16 {:.1} GFLOP/s", peak / 1e9)).unwrap_or_default();
-        println!("GEMM peak, the better of before and after the model rows: f32 {:.1} GFLOP/s{bf16}", peak_f32.unwrap() / 1e9);
+        println!("GEMM peak, the better of before and after the model rows: {}", describe_peaks(peak_f32, peak_bf16));
         for (row, bf16, ours, theirs) in flop_rates {
             let peak = if bf16 { peak_bf16 } else { peak_f32 }.unwrap();
             rows[row].peak_fraction = Some((ours / peak, theirs / peak));

@@ -72,6 +72,15 @@ pub fn drop_path(branch: Tensor, rate: f64, train: bool) -> Tensor {
     branch * mask / keep
 }
 
+/// `[B, T, 3, heads, head_dim]` → q, k, v as `[B, heads, T, head_dim]` views, split with unbind
+/// (three `select`s would each give a backward that zero-fills a whole qkv-sized gradient:
+/// BENCHMARKS.md, change 13) on the axis where the linear layer put them. timm permutes that axis
+/// to the front first; unbinding it in place makes the backward stack the three gradients straight
+/// into the layer's [B, T, 3·width] layout, one copy fewer (change 16).
+fn split_heads(qkv: &Tensor) -> [Tensor; 3] {
+    qkv.unbind(2).iter().map(|x| x.transpose(1, 2)).collect::<Vec<_>>().try_into().unwrap()
+}
+
 /// On the CPU, sequences up to this many tokens attend through plain matrix products.
 const PLAIN_ATTENTION_MAX_TOKENS: i64 = 32;
 
@@ -108,12 +117,7 @@ impl Block {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let (b, t, d) = x.size3().unwrap();
         let qkv = x.apply(&self.norm1).apply(&self.qkv).reshape([b, t, 3, self.heads, d / self.heads]);
-        // q, k, v as [B, heads, T, head_dim] views, split with unbind (three `select`s would each
-        // give a backward that zero-fills a whole qkv-sized gradient: BENCHMARKS.md, change 13) on
-        // the axis where the linear layer put them. timm permutes that axis to the front first;
-        // unbinding it in place makes the backward stack the three gradients straight into the
-        // layer's [B, T, 3·width] layout, one copy fewer (change 16).
-        let [q, k, v]: [Tensor; 3] = qkv.unbind(2).iter().map(|x| x.transpose(1, 2)).collect::<Vec<_>>().try_into().unwrap();
+        let [q, k, v] = split_heads(&qkv);
         let attended = if q.kind() == Kind::BFloat16 && q.device() == Device::Cpu {
             // libtorch's bf16 attention backward on the CPU is 3–10× slower than its f32 one
             // (BENCHMARKS.md, change 14): under bf16 autocast, attention alone runs in f32 there.
@@ -212,7 +216,7 @@ mod tests {
         tch::manual_seed(0);
         let (b, t, heads, head_dim) = (4, 10, 3, 16);
         let qkv = Tensor::randn([b, t, 3, heads, head_dim], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let [q, k, v]: [Tensor; 3] = qkv.unbind(2).iter().map(|x| x.transpose(1, 2)).collect::<Vec<_>>().try_into().unwrap();
+        let [q, k, v] = split_heads(&qkv);
         let upstream = Tensor::randn([b, heads, t, head_dim], (Kind::Float, Device::Cpu));
         let value_and_gradient = |out: Tensor| {
             let gradient = Tensor::run_backward(&[(&out * &upstream).sum(Kind::Float)], &[&qkv], true, false).pop().unwrap();
