@@ -72,25 +72,25 @@ pub fn drop_path(branch: Tensor, rate: f64, train: bool) -> Tensor {
     branch * mask / keep
 }
 
-/// `[B, T, 3, heads, head_dim]` → q, k, v as `[B, heads, T, head_dim]` views, split with unbind
+/// `[B, T, 3, heads, head_dim]` → q, k, v (or `[B, T, 2, …]` → k, v) as `[B, heads, T, head_dim]` views, split with unbind
 /// (three `select`s would each give a backward that zero-fills a whole qkv-sized gradient:
 /// BENCHMARKS.md, change 13) on the axis where the linear layer put them. timm permutes that axis
 /// to the front first; unbinding it in place makes the backward stack the three gradients straight
 /// into the layer's [B, T, 3·width] layout, one copy fewer (change 16).
-fn split_heads(qkv: &Tensor) -> [Tensor; 3] {
-    qkv.unbind(2).iter().map(|x| x.transpose(1, 2)).collect::<Vec<_>>().try_into().unwrap()
+fn split_heads<const N: usize>(packed: &Tensor) -> [Tensor; N] {
+    packed.unbind(2).iter().map(|x| x.transpose(1, 2)).collect::<Vec<_>>().try_into().unwrap()
 }
 
-/// On the CPU, sequences up to this many tokens attend through plain matrix products.
+/// On the CPU, up to this many queries attend through plain matrix products.
 const PLAIN_ATTENTION_MAX_TOKENS: i64 = 32;
 
-/// softmax(q·kᵀ/√head_dim)·v over `[B, heads, T, head_dim]`. libtorch's fused kernel, except for
-/// short sequences on the CPU (the local crops' 10 tokens), where its blocking costs more than it
-/// saves: there the three plain products take half its time, and longer sequences (≥ 50 tokens) are
-/// faster fused (BENCHMARKS.md, change 17).
+/// softmax(q·kᵀ/√head_dim)·v, q `[B, heads, queries, head_dim]`, k and v `[B, heads, T, head_dim]`.
+/// libtorch's fused kernel, except for few queries on the CPU (the local crops' 10 tokens, the last
+/// block's class token), where its blocking costs more than it saves: at 10 tokens the three plain
+/// products take half its time, and from 50 tokens on it is as fast or faster (BENCHMARKS.md, change 17).
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-    let (_, _, tokens, head_dim) = q.size4().unwrap();
-    if q.device() == Device::Cpu && tokens <= PLAIN_ATTENTION_MAX_TOKENS {
+    let (_, _, queries, head_dim) = q.size4().unwrap();
+    if q.device() == Device::Cpu && queries <= PLAIN_ATTENTION_MAX_TOKENS {
         let scores = q.matmul(&k.transpose(-2, -1)) * (head_dim as f64).powf(-0.5);
         return scores.softmax(-1, q.kind()).matmul(v);
     }
@@ -114,10 +114,26 @@ impl Block {
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+    /// `x`: `[B, T, width]` → `[B, T, width]`, or `[B, 1, width]` (the class token alone) when
+    /// `class_token_only`: the last block's other tokens feed nothing (the embedding and the probe
+    /// read class tokens), so there it needs every token's keys and values but the query, attention
+    /// output and MLP of the class token only, 10/12 of its products fewer (BENCHMARKS.md, change 18).
+    fn forward(&self, x: &Tensor, train: bool, class_token_only: bool) -> Tensor {
         let (b, t, d) = x.size3().unwrap();
-        let qkv = x.apply(&self.norm1).apply(&self.qkv).reshape([b, t, 3, self.heads, d / self.heads]);
-        let [q, k, v] = split_heads(&qkv);
+        let head_dim = d / self.heads;
+        let normed = x.apply(&self.norm1);
+        let (q, k, v, x) = if class_token_only {
+            // The qkv layer's rows are q, then k, then v: the query rows apply to the class token alone.
+            let (weight, bias) = (&self.qkv.ws, self.qkv.bs.as_ref().unwrap());
+            let q = normed.narrow(1, 0, 1).linear(&weight.narrow(0, 0, d), Some(bias.narrow(0, 0, d)));
+            let kv = normed.linear(&weight.narrow(0, d, 2 * d), Some(bias.narrow(0, d, 2 * d)));
+            let [k, v] = split_heads(&kv.reshape([b, t, 2, self.heads, head_dim]));
+            (q.reshape([b, 1, self.heads, head_dim]).transpose(1, 2), k, v, x.narrow(1, 0, 1))
+        } else {
+            let [q, k, v] = split_heads(&normed.apply(&self.qkv).reshape([b, t, 3, self.heads, head_dim]));
+            (q, k, v, x.shallow_clone())
+        };
+        let queries = q.size()[2];
         let attended = if q.kind() == Kind::BFloat16 && q.device() == Device::Cpu {
             // libtorch's bf16 attention backward on the CPU is 3–10× slower than its f32 one
             // (BENCHMARKS.md, change 14): under bf16 autocast, attention alone runs in f32 there.
@@ -125,8 +141,8 @@ impl Block {
             crate::autocast::without_cpu_autocast(|| attention(&f32(&q), &f32(&k), &f32(&v))).to_kind(Kind::BFloat16)
         } else {
             attention(&q, &k, &v)
-        }; // [B, heads, T, head_dim]
-        let mut attended = attended.transpose(1, 2).reshape([b, t, d]).apply(&self.proj);
+        }; // [B, heads, queries, head_dim]
+        let mut attended = attended.transpose(1, 2).reshape([b, queries, d]).apply(&self.proj);
         if let Some((gamma, _)) = &self.layer_scales {
             attended = attended * gamma;
         }
@@ -195,7 +211,8 @@ impl Vit {
         let mut last_two_cls = Vec::with_capacity(2);
         let depth = self.blocks.len();
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, train);
+            x = block.forward(&x, train, i + 1 == depth); // [B, 1, width] after the last block
+
             if i + 2 >= depth {
                 last_two_cls.push(x.select(1, 0));
             }
@@ -229,5 +246,42 @@ mod tests {
         let max_diff = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
         assert!(max_diff(&plain, &fused) < 1e-5, "values differ by {}", max_diff(&plain, &fused));
         assert!(max_diff(&plain_gradient, &fused_gradient) < 1e-5, "gradients differ by {}", max_diff(&plain_gradient, &fused_gradient));
+    }
+
+    /// The last block's class-token-only path computes what the whole block computes at the class
+    /// token, values and the gradients of its input and every parameter (change 18), with and
+    /// without LayerScale.
+    #[test]
+    fn class_token_only_block_matches_the_whole_block() {
+        for layer_scale in [false, true] {
+            tch::manual_seed(0);
+            let store = nn::VarStore::new(Device::Cpu);
+            let block = Block::new(store.root(), 48, 3, 4.0, 0.0, layer_scale);
+            // Non-zero biases and LayerScale γ of order 1, so that every parameter shows in the values.
+            tch::no_grad(|| {
+                for mut variable in store.trainable_variables() {
+                    let _ = variable.normal_(0.0, 0.3);
+                }
+            });
+            let x = Tensor::randn([5, 17, 48], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+            let upstream = Tensor::randn([5, 48], (Kind::Float, Device::Cpu));
+            let mut inputs = vec![x.shallow_clone()];
+            inputs.extend(store.trainable_variables());
+            let value_and_gradients = |class_token: Tensor| {
+                let loss = (&class_token * &upstream).sum(Kind::Float);
+                (class_token, Tensor::run_backward(&[loss], &inputs, false, false))
+            };
+            let (whole, whole_gradients) = value_and_gradients(block.forward(&x, true, false).select(1, 0));
+            let only = block.forward(&x, true, true);
+            assert_eq!(only.size(), [5, 1, 48]);
+            let (only, only_gradients) = value_and_gradients(only.select(1, 0));
+            let relative = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap() / f64::try_from(b.abs().max()).unwrap();
+            assert!(relative(&only, &whole) < 1e-5, "values differ by {}", relative(&only, &whole));
+            assert_eq!(only_gradients.len(), whole_gradients.len());
+            for (i, (a, b)) in only_gradients.iter().zip(&whole_gradients).enumerate() {
+                assert!(f64::try_from(b.abs().max()).unwrap() > 0.0, "gradient {i} is zero: the check would be empty");
+                assert!(relative(a, b) < 1e-5, "gradient {i} differs by {}", relative(a, b));
+            }
+        }
     }
 }
