@@ -16,7 +16,8 @@ comparison) and saves the timm backbone as safetensors every --save-every second
 `lejepa probe --checkpoint FILE --arch vit-tiny-patch4-depth6`. SIGUSR1 ends it after the current step,
 with the backbone saved, so that a side-by-side run can stop it when lejepa's run ends.
 
-Prints one JSON line: per-repetition throughput, FLOPs of one step (FlopCounterMode), peak memory.
+Prints one JSON line: per-repetition throughput, FLOPs of one step (FlopCounterMode; also of lejepa's
+step, whose ViT computes its last block at the class token alone), peak memory.
 """
 import argparse, gzip, json, os, resource, signal, time
 
@@ -138,6 +139,26 @@ class LeJEPA(nn.Module):
         return (1 - self.lamb) * inv + self.lamb * self.sigreg(z, step)
 
 
+def class_token_last_block(vit):
+    """lejepa's ViT computes its last block at the class token alone (BENCHMARKS.md, change 18): the
+    same embedding with fewer products. This patches timm's last block the same way, for one purpose:
+    counting lejepa's step with the same FlopCounterMode. It is never timed."""
+    block, attn = vit.blocks[-1], vit.blocks[-1].attn
+
+    def forward(x):
+        B, T, C = x.shape
+        heads = attn.num_heads
+        h = block.norm1(x)
+        w, b = attn.qkv.weight, attn.qkv.bias  # rows: q, then k, then v
+        q = torch.nn.functional.linear(h[:, :1], w[:C], b[:C]).reshape(B, 1, heads, C // heads).transpose(1, 2)
+        k, v = torch.nn.functional.linear(h, w[C:], b[C:]).reshape(B, T, 2, heads, C // heads).permute(2, 0, 3, 1, 4)
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, C)
+        x = x[:, :1] + block.ls1(attn.proj(o))  # drop_path is 0 in these rows
+        return x + block.ls2(block.mlp(block.norm2(x)))
+
+    block.forward = forward
+
+
 def model_step_bench(a):
     torch.manual_seed(0)
     model = LeJEPA(a.arch, 1, a.global_size).to(a.device)
@@ -160,6 +181,18 @@ def model_step_bench(a):
         measure_settings()
     with counter:
         step(0)
+    lejepa_flops = counter.get_total_flops()
+    if a.arch == "vit":  # the same step with lejepa's last block, forward and backward, counted only
+        counting = LeJEPA(a.arch, 1, a.global_size).to(a.device)
+        counting.load_state_dict(model.state_dict())
+        class_token_last_block(counting.backbone)
+        with torch.no_grad():  # the patched block must compute what timm's computes
+            same = torch.allclose(counting.backbone(g[:4]), model.backbone(g[:4]), rtol=1e-4, atol=1e-5)
+        assert same, "class_token_last_block changed the embedding"
+        with FlopCounterMode(display=False) as lejepa_counter:
+            counting.loss(g, l, n, 0, bf16).backward()
+        lejepa_flops = lejepa_counter.get_total_flops()
+        del counting
     step(1)
     times = []
     memory = None if a.skip_memory else peak_growth(lambda: step(2), a.device)
@@ -177,6 +210,7 @@ def model_step_bench(a):
             step(4 + a.reps * a.steps)
         prof.export_chrome_trace(a.profile)
     return {"images_per_second": [n / t for t in times], "step_seconds": times, "flops_per_step": counter.get_total_flops(),
+            "lejepa_flops_per_step": lejepa_flops,
             "peak_bytes": memory, "page_faults_per_step": faults}
 
 
