@@ -212,7 +212,6 @@ impl Vit {
         let depth = self.blocks.len();
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, train, i + 1 == depth); // [B, 1, width] after the last block
-
             if i + 2 >= depth {
                 last_two_cls.push(x.select(1, 0));
             }
