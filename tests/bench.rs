@@ -48,14 +48,15 @@ fn filled_elements(ops: &[Op]) -> i64 {
 /// FLOPs of the matrix products (`aten::mm`, `aten::addmm`) whose first matrix has the type
 /// `kind` (`"float"`, `"c10::BFloat16"`), 2·m·k·n each, from their recorded shapes.
 fn product_flops(ops: &[Op], kind: &str) -> i64 {
-    let flops = |a: &[i64], b: &[i64]| 2 * a[0] * a[1] * b[1];
-    let matrix = |op: &Op| if op.name == "aten::addmm" { 1 } else { 0 };
     ops.iter()
-        .filter(|op| op.types.get(matrix(op)).is_some_and(|t| t == kind))
-        .map(|op| match op.name.as_str() {
-            "aten::mm" => flops(&op.dims[0], &op.dims[1]),
-            "aten::addmm" => flops(&op.dims[1], &op.dims[2]),
-            _ => 0,
+        .filter_map(|op| {
+            let first = match op.name.as_str() {
+                "aten::mm" => 0,
+                "aten::addmm" => 1, // after the bias
+                _ => return None,
+            };
+            let (a, b) = (&op.dims[first], &op.dims[first + 1]);
+            (op.types.get(first)? == kind).then(|| 2 * a[0] * a[1] * b[1])
         })
         .sum()
 }
