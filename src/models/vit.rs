@@ -82,7 +82,7 @@ fn split_heads<const N: usize>(packed: &Tensor) -> [Tensor; N] {
 }
 
 /// On the CPU, up to this many queries attend through plain matrix products.
-const PLAIN_ATTENTION_MAX_TOKENS: i64 = 32;
+const PLAIN_ATTENTION_MAX_QUERIES: i64 = 32;
 
 /// softmax(q·kᵀ/√head_dim)·v, q `[B, heads, queries, head_dim]`, k and v `[B, heads, T, head_dim]`.
 /// libtorch's fused kernel, except for few queries on the CPU (the local crops' 10 tokens, the last
@@ -90,7 +90,7 @@ const PLAIN_ATTENTION_MAX_TOKENS: i64 = 32;
 /// products take half its time, and from 50 tokens on it is as fast or faster (BENCHMARKS.md, change 17).
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
     let (_, _, queries, head_dim) = q.size4().unwrap();
-    if q.device() == Device::Cpu && queries <= PLAIN_ATTENTION_MAX_TOKENS {
+    if q.device() == Device::Cpu && queries <= PLAIN_ATTENTION_MAX_QUERIES {
         let scores = q.matmul(&k.transpose(-2, -1)) * (head_dim as f64).powf(-0.5);
         return scores.softmax(-1, q.kind()).matmul(v);
     }
@@ -238,7 +238,7 @@ mod tests {
             let gradient = Tensor::run_backward(&[(&out * &upstream).sum(Kind::Float)], &[&qkv], true, false).pop().unwrap();
             (out, gradient)
         };
-        assert!(t <= PLAIN_ATTENTION_MAX_TOKENS, "the test must take the plain path");
+        assert!(t <= PLAIN_ATTENTION_MAX_QUERIES, "the test must take the plain path");
         let (plain, plain_gradient) = value_and_gradient(attention(&q, &k, &v));
         let fused = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
         let (fused, fused_gradient) = value_and_gradient(fused);
