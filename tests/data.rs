@@ -26,7 +26,7 @@ fn fashion_mnist_is_the_official_split() {
     assert_eq!(counts(ds.train.labels.as_ref().unwrap(), 10), vec![6000; 10]);
     assert_eq!(counts(ds.test.labels.as_ref().unwrap(), 10), vec![1000; 10]);
     assert_eq!(ds.classes[9], "Ankle boot");
-    assert_eq!((ds.train.images[0].width, ds.train.images[0].height, ds.channels), (28, 28, 1));
+    assert_eq!((ds.train.dimensions(0), ds.channels), ((28, 28), 1));
 }
 
 #[test]
@@ -40,10 +40,11 @@ fn digits_split_is_stratified_and_fixed() {
     }
     let again = open("digits", &OpenOptions::default()).unwrap();
     assert_eq!(ds.test.labels, again.test.labels);
-    assert_eq!(ds.test.images[5].pixels, again.test.images[5].pixels);
+    assert_eq!(ds.test.image(5).unwrap().pixels, again.test.image(5).unwrap().pixels);
     // The file's first digit is a 0 whose top row reads 0 0 5 13 9 1 0 0 (0–16 scaled to 0–255).
     let top_row = [0u8, 0, 80, 207, 143, 16, 0, 0];
-    let first = ds.train.images.iter().chain(&ds.test.images).position(|i| i.pixels[..8] == top_row);
+    let all = (0..ds.train.len()).map(|i| ds.train.image(i).unwrap()).chain((0..ds.test.len()).map(|i| ds.test.image(i).unwrap()));
+    let first = all.map(|i| i.pixels[..8].to_vec()).position(|row| row == top_row);
     assert!(first.is_some(), "the first digit of the CSV is in the dataset");
     let subset = open("digits", &OpenOptions { train_subset: Some(100), ..Default::default() }).unwrap();
     assert_eq!(subset.train.len(), 100);
@@ -74,7 +75,7 @@ fn image_folders_with_classes_flat_or_explicit_splits() {
     assert_eq!(ds.classes, vec!["cat", "dog"]);
     assert_eq!(ds.train.len() + ds.test.len(), 13);
     assert_eq!(ds.channels, 3, "one RGBA image makes the dataset RGB");
-    assert!(ds.train.images.iter().all(|i| i.channels == 3));
+    assert!((0..ds.train.len()).all(|i| ds.train.image(i).unwrap().channels == 3));
     assert_eq!(ds.test.len(), 2 + 1, "25% of each class: round(2) + round(1.25)");
 
     // A corrupt file: one error naming it, or skipped and counted with --skip-bad.
@@ -115,7 +116,7 @@ fn npy_and_idx_folders() {
     Tensor::from_slice(&[1i64]).write_npy(dir.join("test_labels.npy")).unwrap();
     let ds = open(&format!("npy:{}", dir.display()), &OpenOptions::default()).unwrap();
     assert_eq!((ds.train.len(), ds.test.len(), ds.channels, ds.classes.len()), (2, 1, 3, 2));
-    assert_eq!(&ds.train.images[0].pixels[..4], &[0, 1, 2, 3], "HWC order kept");
+    assert_eq!(&ds.train.image(0).unwrap().pixels[..4], &[0, 1, 2, 3], "HWC order kept");
 
     let bad = scratch("npy-bad");
     Tensor::zeros([2, 5, 6], (Kind::Float, tch::Device::Cpu)).write_npy(bad.join("images.npy")).unwrap();
@@ -209,7 +210,7 @@ fn elpv_has_its_published_label_counts_and_a_stratified_split() {
     for (t, a) in test.iter().zip(counts(&all, 4)) {
         assert!((*t as f64 - a as f64 * 0.25).abs() <= 2.0, "test split of a class: {t} of {a}");
     }
-    assert_eq!((ds.train.images[0].width, ds.train.images[0].height, ds.channels), (300, 300, 1));
+    assert_eq!((ds.train.dimensions(0), ds.channels), ((300, 300), 1));
     let binary = open("elpv-binary", &OpenOptions::default()).unwrap();
     assert_eq!(counts(binary.test.labels.as_ref().unwrap(), 2).iter().sum::<usize>(), ds.test.len());
     assert_eq!(binary.test.labels.as_ref().unwrap().iter().filter(|&&l| l == 0).count(), test[0]);
@@ -226,5 +227,5 @@ fn a_validation_split_is_carved_from_train_stratified_and_fixed() {
         assert_eq!(*v, (t as f64 * 0.2).round() as usize);
     }
     let again = open("digits", &OpenOptions { val_fraction: 0.2, ..Default::default() }).unwrap();
-    assert_eq!(again.val.images[3].pixels, with_val.val.images[3].pixels);
+    assert_eq!(again.val.image(3).unwrap().pixels, with_val.val.image(3).unwrap().pixels);
 }

@@ -29,7 +29,7 @@ fn pixel_baseline_lands_where_scikit_learn_logistic_regression_does() {
     let ds = lejepa::data::open("digits", &Default::default()).unwrap();
     let dir = scratch("sklearn");
     let pixels = |split: &lejepa::data::Split| {
-        let flat: Vec<f32> = split.images.iter().flat_map(|i| i.pixels.iter().map(|&p| p as f32)).collect();
+        let flat: Vec<f32> = (0..split.len()).flat_map(|i| split.image(i).unwrap().pixels.clone()).map(|p| p as f32).collect();
         Tensor::from_slice(&flat).view([split.len() as i64, 64])
     };
     pixels(&ds.train).write_npy(dir.join("train_x.npy")).unwrap();

@@ -272,7 +272,7 @@ fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device, first_rou
 fn view_loader(args: &Args, data: &str) -> Result<Loader> {
     let dataset = crate::data::open(data, &Default::default())?;
     let mut crop = MultiCrop::lejepa(28, 4, 2, 4);
-    (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, 1);
+    (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, 1)?;
     let batches_per_epoch = dataset.train.len() / args.batch_size;
     let config = LoaderConfig { batch_size: args.batch_size, shard: (0, 1), batches_per_epoch, seed: 0, start: (0, 0), workers: args.workers, prefetch: 2 };
     Loader::new(dataset.train, Arc::new(crop), config)

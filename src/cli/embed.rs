@@ -47,7 +47,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     anyhow::ensure!(!split.is_empty(), "{}: the {:?} split is empty", dataset.spec, args.split);
     let kind = if args.probe_features { FeatureKind::Probe } else { FeatureKind::Embedding };
-    let mut embeddings = features(&model.encoder.backbone, &fit_channels(split, &model).images, &model.crop, kind, model.device);
+    let mut embeddings = features(&model.encoder.backbone, &fit_channels(split, &model), &model.crop, kind, model.device)?;
     if args.projector {
         let projector = args.model.trained_projector(model.encoder.backbone.embed_dim(), model.device)?;
         embeddings = tch::no_grad(|| projector.forward(&embeddings.to_device(model.device), false)).to_device(Device::Cpu);

@@ -1,7 +1,6 @@
 //! Which frozen backbone an evaluation command uses: a pretraining run, or any safetensors file
 //! with timm's names (from lejepa or from timm, e.g. a model a user brings) with its architecture.
 
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -108,7 +107,7 @@ impl ModelArgs {
             dataset.channels
         );
         let multiple = patch.unwrap_or(1) as usize;
-        let image = &dataset.train.images[0];
+        let (width, height) = dataset.train.dimensions(0);
         // The size the run was trained at (its global views), whatever data is probed now;
         // else the data's own size.
         let trained_size = self.run.as_ref().and_then(|run| {
@@ -117,9 +116,11 @@ impl ModelArgs {
         });
         let default_size = trained_size
             .or(weights_img_size.map(|s| s as usize))
-            .unwrap_or(image.width.min(image.height).min(224));
+            .unwrap_or(width.min(height).min(224));
         let mut crop = MultiCrop::lejepa(self.img_size.unwrap_or(default_size), multiple, 1, 0);
-        (crop.mean, crop.std) = channel_stats(&dataset.train, dataset.channels);
+        // Evaluation reads the central square at the view size: files need decoding no larger.
+        dataset.decode_at(crop.global.size);
+        (crop.mean, crop.std) = channel_stats(&dataset.train, dataset.channels)?;
         if in_chans == 3 && dataset.channels == 1 {
             // Gray data through an RGB model: the channel is replicated, so is its normalisation.
             crop.mean = vec![crop.mean[0]; 3];
@@ -157,11 +158,7 @@ impl ModelArgs {
     }
 }
 
-/// The split with gray images turned RGB when the model takes 3 channels (borrowed as is otherwise).
-pub fn fit_channels<'a>(split: &'a Split, model: &Model) -> Cow<'a, Split> {
-    if model.crop.mean.len() == 3 && split.images.first().is_some_and(|i| i.channels == 1) {
-        Cow::Owned(Split { images: split.images.iter().map(|i| i.to_rgb()).collect(), labels: split.labels.clone() })
-    } else {
-        Cow::Borrowed(split)
-    }
+/// The split read with gray images turned RGB when the model takes 3 channels.
+pub fn fit_channels(split: &Split, model: &Model) -> Split {
+    if model.crop.mean.len() == 3 { split.as_rgb() } else { split.clone() }
 }

@@ -130,13 +130,14 @@ pub fn run(args: Args) -> Result<()> {
         let model = args.model.load(&dataset, random)?;
         let (train, test) = (fit_channels(&dataset.train, &model), fit_channels(&dataset.test, &model));
         let backbone = &model.encoder.backbone;
-        rows.push((name, features(backbone, &train.images, &model.crop, kind, model.device), features(backbone, &test.images, &model.crop, kind, model.device)));
+        rows.push((name, features(backbone, &train, &model.crop, kind, model.device)?, features(backbone, &test, &model.crop, kind, model.device)?));
     }
     if args.baseline.contains(&Baseline::Pixels) {
-        let image = &dataset.train.images[0];
-        let mut crop = crate::data::augment::MultiCrop::lejepa(image.width.min(image.height), 1, 1, 0);
-        (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, dataset.channels);
-        rows.push(("raw pixels".into(), pixel_features(&dataset.train, &crop), pixel_features(&dataset.test, &crop)));
+        let (width, height) = dataset.train.dimensions(0);
+        let mut crop = crate::data::augment::MultiCrop::lejepa(width.min(height), 1, 1, 0);
+        dataset.decode_at(crop.global.size);
+        (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, dataset.channels)?;
+        rows.push(("raw pixels".into(), pixel_features(&dataset.train, &crop)?, pixel_features(&dataset.test, &crop)?));
     }
 
     let evaluate = |train: &Tensor, labels: &[i64], test: &Tensor, seed: u64| -> Result<Scores> {

@@ -38,7 +38,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut canvas = image::RgbImage::from_pixel(width as u32, height as u32, image::Rgb([255, 255, 255]));
     let channels = dataset.channels;
     for row in 0..rows {
-        let views = crop.make_views(&dataset.train.images[row], &mut view_rng(config.seed, args.epoch, row as u64));
+        let views = crop.make_views(&*dataset.train.image(row)?, &mut view_rng(config.seed, args.epoch, row as u64));
         for (v, view) in views.iter().enumerate() {
             let size = if v < crop.global_views { sg } else { sl };
             let plane = size * size;

@@ -119,6 +119,67 @@ impl MultiCrop {
         self.global_views + self.local_views
     }
 
+    /// The shorter image side these views need at full detail: the smallest crop (least area, most
+    /// extreme aspect ratio) of an image of that side still holds the view's size in pixels, and the
+    /// evaluation view (the central square) holds the global size. Image files are decoded no
+    /// smaller than this (crops keep their area fractions of the original).
+    pub fn decode_side(&self) -> usize {
+        let need = |recipe: &ViewRecipe| {
+            let squeeze = recipe.ratio[0].min(1.0 / recipe.ratio[1]).min(1.0);
+            (recipe.size as f64 / (recipe.scale[0] * squeeze).sqrt()).ceil() as usize
+        };
+        let mut side = self.global.size.max(need(&self.global));
+        if self.local_views > 0 {
+            side = side.max(need(&self.local));
+        }
+        side
+    }
+
+    /// Checks a recipe read from a file: what would otherwise fail later inside a loader thread.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.global_views == 0 {
+            return Err("global_views must be at least 1".into());
+        }
+        for (kind, recipe) in [("global", &self.global), ("local", &self.local)] {
+            let bad = |what: String| Err(format!("[{kind}] {what}"));
+            if recipe.size == 0 {
+                return bad("size must be positive".into());
+            }
+            for (name, p) in [("flip_p", recipe.flip_p), ("jitter_p", recipe.jitter_p), ("grayscale_p", recipe.grayscale_p), ("blur_p", recipe.blur_p), ("solarize_p", recipe.solarize_p)] {
+                if !(0.0..=1.0).contains(&p) {
+                    return bad(format!("{name} = {p} is not a probability in [0, 1]"));
+                }
+            }
+            let [lo, hi] = recipe.scale;
+            if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+                return bad(format!("scale = [{lo}, {hi}] must satisfy 0 < low ≤ high ≤ 1 (area fractions)"));
+            }
+            let [lo, hi] = recipe.ratio;
+            if !(lo > 0.0 && lo <= hi) {
+                return bad(format!("ratio = [{lo}, {hi}] must satisfy 0 < low ≤ high"));
+            }
+            let [lo, hi] = recipe.blur_sigma;
+            if recipe.blur_p > 0.0 && !(lo > 0.0 && lo <= hi) {
+                return bad(format!("blur_sigma = [{lo}, {hi}] must satisfy 0 < low ≤ high"));
+            }
+            if recipe.blur_kernel % 2 == 0 {
+                return bad(format!("blur_kernel = {} must be odd", recipe.blur_kernel));
+            }
+            for (name, v) in [("brightness", recipe.brightness), ("contrast", recipe.contrast), ("saturation", recipe.saturation)] {
+                if !(v >= 0.0) {
+                    return bad(format!("{name} = {v} must be non-negative"));
+                }
+            }
+            if !(0.0..=0.5).contains(&recipe.hue) {
+                return bad(format!("hue = {} must be in [0, 0.5]", recipe.hue));
+            }
+        }
+        if self.std.iter().any(|&s| !(s > 0.0)) {
+            return Err(format!("std = {:?} must be positive", self.std));
+        }
+        Ok(())
+    }
+
     /// Global views then local views of one image, each planar `[C, size, size]`, normalised.
     pub fn make_views(&self, image: &Image, rng: &mut ChaCha8Rng) -> Vec<Vec<f32>> {
         let recipes = std::iter::repeat_n(&self.global, self.global_views).chain(std::iter::repeat_n(&self.local, self.local_views));

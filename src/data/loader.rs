@@ -13,12 +13,10 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use tch::Tensor;
 
+use super::Split;
 use super::augment::{MultiCrop, view_rng};
-use super::{Image, Split};
 
 pub struct Batch {
-    pub epoch: u64,
-    pub step_in_epoch: usize,
     /// `[V_g·N, C, S_g, S_g]`, view-major: view v of sample n is row v·N + n.
     pub global: Tensor,
     /// `[V_l·N, C, S_l, S_l]`, None without local views.
@@ -87,7 +85,7 @@ impl Loader {
         );
         let (sender, receiver) = bounded(config.prefetch.max(1));
         let pool = rayon::ThreadPoolBuilder::new().num_threads(config.workers.max(1)).build()?;
-        let channels = split.images[0].channels;
+        let channels = split.channels;
         let producer = std::thread::spawn(move || {
             let (mut epoch, mut step) = config.start;
             loop {
@@ -95,13 +93,10 @@ impl Loader {
                 while step < batches_per_epoch {
                     let first = step * global_batch + rank * config.batch_size;
                     let indices = &order[first..first + config.batch_size];
-                    let per_sample: Vec<Vec<Vec<f32>>> = pool.install(|| {
-                        indices.par_iter().map(|&i| crop.make_views(&split.images[i], &mut view_rng(config.seed, epoch, i as u64))).collect()
-                    });
+                    let (indices, per_sample): (Vec<usize>, Vec<Vec<Vec<f32>>>) =
+                        pool.install(|| indices.par_iter().map(|&i| sample_views(&split, &crop, config.seed, epoch, i)).unzip());
                     let vg = crop.global_views;
                     let batch = Batch {
-                        epoch,
-                        step_in_epoch: step,
                         global: stack(&per_sample, 0..vg, channels, crop.global.size),
                         local: (crop.local_views > 0).then(|| stack(&per_sample, vg..crop.views(), channels, crop.local.size)),
                         labels: split.labels.as_ref().map(|l| Tensor::from_slice(&indices.iter().map(|&i| l[i]).collect::<Vec<i64>>())),
@@ -124,9 +119,24 @@ impl Loader {
     }
 }
 
-/// Evaluation views `[B, C, S, S]` of some images (central square, resized, normalised), in parallel.
-pub fn eval_batch(images: &[Image], crop: &MultiCrop) -> Tensor {
-    let views: Vec<Vec<f32>> = images.par_iter().map(|image| crop.eval_view(image)).collect();
-    let (c, s) = (images[0].channels as i64, crop.global.size as i64);
-    Tensor::from_slice(&views.concat()).view([images.len() as i64, c, s, s])
+/// The views of sample `index`. A file that fails to decode (it passed the start-up scan: truncated,
+/// deleted since) is replaced by the next sample that decodes, so that a run never stops for one
+/// bad file and the batch stays the same whatever the thread count; the store reports it.
+fn sample_views(split: &Split, crop: &MultiCrop, seed: u64, epoch: u64, index: usize) -> (usize, Vec<Vec<f32>>) {
+    let n = split.len();
+    for k in 0..n {
+        let i = (index + k) % n;
+        if let Ok(image) = split.image(i) {
+            return (i, crop.make_views(&image, &mut view_rng(seed, epoch, i as u64)));
+        }
+    }
+    panic!("none of the {n} images of the training split can be decoded");
+}
+
+/// Evaluation views `[B, C, S, S]` of samples `rows` of a split (central square, resized,
+/// normalised), decoded in parallel. An image that cannot be decoded is an error naming its file.
+pub fn eval_batch(split: &Split, rows: std::ops::Range<usize>, crop: &MultiCrop) -> Result<Tensor> {
+    let views: Vec<Vec<f32>> = rows.clone().into_par_iter().map(|i| Ok(crop.eval_view(&*split.image(i)?))).collect::<Result<_>>()?;
+    let (c, s) = (split.channels as i64, crop.global.size as i64);
+    Ok(Tensor::from_slice(&views.concat()).view([rows.len() as i64, c, s, s]))
 }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
-use rayon::prelude::*;
 use tch::{Kind, Tensor};
 
+use super::store::{FileStore, NpyMap, Store, scan_all};
 use super::{Dataset, Image, OpenOptions, Split, stratified_split};
 
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -38,6 +38,7 @@ fn idx_images(path: &Path) -> Result<Vec<Image>> {
     let shown = path.display();
     ensure!(bytes.len() >= 16 && be_u32(&bytes, 0) == 0x803, "{shown}: not an IDX image file (magic 0x00000803)");
     let (n, rows, cols) = (be_u32(&bytes, 4), be_u32(&bytes, 8), be_u32(&bytes, 12));
+    ensure!(n > 0 && rows > 0 && cols > 0, "{shown}: the header says {n} images of {rows}×{cols}: no pixels");
     ensure!(bytes.len() == 16 + n * rows * cols, "{shown}: truncated: header says {n}×{rows}×{cols}, file has {} bytes", bytes.len());
     Ok(bytes[16..]
         .chunks_exact(rows * cols)
@@ -67,7 +68,7 @@ pub fn idx_dir(dir: &Path, classes: Option<&[&str]>) -> Result<Dataset> {
         let images = idx_images(&images_path)?;
         let labels = idx_labels(&find(&format!("{prefix}-labels-idx1-ubyte"))?)?;
         ensure!(images.len() == labels.len(), "{}: {} images but {} labels", images_path.display(), images.len(), labels.len());
-        Ok(Split { images, labels: Some(labels) })
+        Ok(Split::from_images(images, Some(labels)))
     };
     let (train, test) = (split("train")?, split("t10k")?);
     let n_classes = train.labels.as_ref().unwrap().iter().max().map_or(0, |m| m + 1);
@@ -87,22 +88,6 @@ pub fn fashion_mnist() -> Result<Dataset> {
     idx_dir(Path::new(FASHION_MNIST_DIR), Some(&FASHION_MNIST_CLASSES))
 }
 
-/// Decodes one image file into 8-bit gray or RGB (16-bit is scaled down, alpha dropped).
-fn decode(path: &Path) -> Result<Image> {
-    let decoded = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(anyhow::Error::from)
-        .and_then(|r| r.decode().map_err(anyhow::Error::from))
-        .with_context(|| format!("{}: cannot decode image", path.display()))?;
-    ensure!(decoded.width() > 0 && decoded.height() > 0, "{}: empty image", path.display());
-    let (width, height) = (decoded.width() as usize, decoded.height() as usize);
-    Ok(if decoded.color().has_color() {
-        Image { width, height, channels: 3, pixels: decoded.into_rgb8().into_raw() }
-    } else {
-        Image { width, height, channels: 1, pixels: decoded.into_luma8().into_raw() }
-    })
-}
-
 fn is_image_file(path: &Path) -> bool {
     let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
     matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
@@ -118,22 +103,20 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(entries)
 }
 
-/// Decodes files in parallel; the first failure (in path order) is an error, or with
-/// `skip_bad` every failure is skipped and reported.
-fn decode_all(files: &[(PathBuf, i64)], skip_bad: bool, skipped: &mut Vec<String>) -> Result<(Vec<Image>, Vec<i64>)> {
-    let decoded: Vec<Result<Image>> = files.par_iter().map(|(path, _)| decode(path)).collect();
-    let (mut images, mut labels) = (Vec::new(), Vec::new());
-    for ((path, label), result) in files.iter().zip(decoded) {
-        match result {
-            Ok(image) => {
-                images.push(image);
-                labels.push(*label);
-            }
-            Err(e) if skip_bad => skipped.push(format!("{}: {e:#}", path.display())),
-            Err(e) => return Err(e.context("use --skip-bad to skip unreadable files")),
-        }
+/// Scans the files' headers (in parallel) into a store of files read when a batch needs them. An
+/// unreadable file is an error naming it, or with `skip_bad` is left out and reported.
+fn file_store(files: &[(PathBuf, i64)], options: &OpenOptions, skipped: &mut Vec<String>) -> Result<(Arc<Store>, Vec<i64>, bool)> {
+    let (good, bad) = scan_all(files);
+    if !bad.is_empty() && !options.skip_bad {
+        let shown: Vec<&str> = bad.iter().take(5).map(String::as_str).collect();
+        let more = if bad.len() > 5 { format!("\n(and {} more)", bad.len() - 5) } else { String::new() };
+        bail!("{} unreadable image file(s):\n{}{more}\nuse --skip-bad to leave them out", bad.len(), shown.join("\n"));
     }
-    Ok((images, labels))
+    skipped.extend(bad);
+    let color = good.iter().any(|(info, _)| info.color);
+    let labels = good.iter().map(|(_, l)| *l).collect();
+    let infos = good.into_iter().map(|(info, _)| info).collect();
+    Ok((Arc::new(Store::Files(FileStore::new(infos, options.cache_bytes))), labels, color))
 }
 
 /// Files of a folder tree: class subfolders (labeled) or image files directly inside (unlabeled).
@@ -165,51 +148,40 @@ pub fn folder(dir: &Path, options: &OpenOptions) -> Result<Dataset> {
     let mut classes = Vec::new();
     let mut skipped = Vec::new();
     let explicit = dir.join("train").is_dir() && dir.join("test").is_dir();
-    let (train, test) = if explicit {
+    let (train, test, color) = if explicit {
         let (train_files, labeled) = folder_files(&dir.join("train"), &mut classes)?;
         let (test_files, _) = folder_files(&dir.join("test"), &mut classes)?;
-        let (ti, tl) = decode_all(&train_files, options.skip_bad, &mut skipped)?;
-        let (vi, vl) = decode_all(&test_files, options.skip_bad, &mut skipped)?;
-        (Split { images: ti, labels: labeled.then_some(tl) }, Split { images: vi, labels: labeled.then_some(vl) })
+        ensure!(!train_files.is_empty(), "{}: no PNG or JPEG images found", dir.join("train").display());
+        let (train_store, train_labels, train_color) = file_store(&train_files, options, &mut skipped)?;
+        let (test_store, test_labels, test_color) = file_store(&test_files, options, &mut skipped)?;
+        let channels = if train_color || test_color { 3 } else { 1 };
+        (
+            Split::new(train_store, labeled.then_some(train_labels), channels),
+            Split::new(test_store, labeled.then_some(test_labels), channels),
+            train_color || test_color,
+        )
     } else {
         let (files, labeled) = folder_files(dir, &mut classes)?;
-        let (images, labels) = decode_all(&files, options.skip_bad, &mut skipped)?;
-        let all = Split { images, labels: labeled.then_some(labels.clone()) };
+        ensure!(!files.is_empty(), "{}: no PNG or JPEG images found (looked for .png, .jpg and .jpeg files, and for class subfolders holding them)", dir.display());
+        let (store, labels, color) = file_store(&files, options, &mut skipped)?;
+        let all = Split::new(store, labeled.then_some(labels.clone()), if color { 3 } else { 1 });
         if labeled {
             let (train_idx, test_idx) = stratified_split(&labels, options.test_fraction);
-            (all.select(&train_idx), all.select(&test_idx))
+            (all.select(&train_idx), all.select(&test_idx), color)
         } else {
-            (all, Split::default())
+            (all, Split::default(), color)
         }
     };
-    ensure!(!train.is_empty() || !skipped.is_empty(), "{}: no PNG or JPEG images found", dir.display());
-    // One channel count for the whole dataset: colour wins, gray images are replicated.
-    let channels = if train.images.iter().chain(&test.images).any(|i| i.channels == 3) { 3 } else { 1 };
-    let to_channels = |split: Split| Split {
-        images: split.images.into_iter().map(|i| if i.channels == channels { i } else { i.to_rgb() }).collect(),
-        labels: split.labels,
-    };
-    Ok(Dataset { spec: String::new(), val: Split::default(), channels, classes, train: Arc::new(to_channels(train)), test: to_channels(test), skipped })
+    ensure!(!train.is_empty(), "{}: none of the images could be read ({} skipped)", dir.display(), skipped.len());
+    // One channel count for the whole dataset: colour wins, gray images are replicated when read.
+    let channels = if color { 3 } else { 1 };
+    Ok(Dataset { spec: String::new(), val: Split::default(), channels, classes, train: Arc::new(train), test, skipped })
 }
 
-/// Reads a uint8 `.npy` of N×H×W or N×H×W×C (C = 1 or 3) images.
-fn npy_images(path: &Path) -> Result<Vec<Image>> {
-    let shown = path.display();
-    let array = Tensor::read_npy(path).map_err(|e| anyhow::anyhow!("{shown}: not a readable .npy file ({e})"))?;
-    ensure!(array.kind() == Kind::Uint8, "{shown}: expected uint8 pixels, found {:?}", array.kind());
-    let size = array.size();
-    let (n, h, w, c) = match size.as_slice() {
-        &[n, h, w] => (n, h, w, 1),
-        &[n, h, w, c] if c == 1 || c == 3 => (n, h, w, c),
-        _ => bail!("{shown}: expected N×H×W or N×H×W×C (C = 1 or 3) images, found shape {size:?}"),
-    };
-    let flat = Vec::<u8>::try_from(array.flatten(0, -1))?;
-    let per_image = (h * w * c) as usize;
-    ensure!(n > 0 && per_image > 0, "{shown}: empty array of shape {size:?}");
-    Ok(flat
-        .chunks_exact(per_image)
-        .map(|p| Image { width: w as usize, height: h as usize, channels: c as usize, pixels: p.to_vec() })
-        .collect())
+/// A uint8 `.npy` of N×H×W or N×H×W×C (C = 1 or 3) images, memory-mapped.
+fn npy_images(path: &Path) -> Result<Arc<Store>> {
+    ensure!(path.exists(), "{}: no such file", path.display());
+    Ok(Arc::new(Store::Mapped(NpyMap::open(path)?)))
 }
 
 fn npy_labels(path: &Path, expected: usize) -> Result<Vec<i64>> {
@@ -229,10 +201,12 @@ fn npy_labels(path: &Path, expected: usize) -> Result<Vec<i64>> {
 pub fn npy_dir(dir: &Path, options: &OpenOptions) -> Result<Dataset> {
     ensure!(dir.is_dir(), "{}: no such folder", dir.display());
     let read_split = |prefix: &str| -> Result<Split> {
-        let images = npy_images(&dir.join(format!("{prefix}images.npy")))?;
+        let store = npy_images(&dir.join(format!("{prefix}images.npy")))?;
         let labels_path = dir.join(format!("{prefix}labels.npy"));
-        let labels = if labels_path.exists() { Some(npy_labels(&labels_path, images.len())?) } else { None };
-        Ok(Split { images, labels })
+        let labels = if labels_path.exists() { Some(npy_labels(&labels_path, store.len())?) } else { None };
+        let Store::Mapped(map) = &*store else { unreachable!() };
+        let channels = map.channels;
+        Ok(Split::new(store, labels, channels))
     };
     let (train, test) = if dir.join("train_images.npy").exists() {
         (read_split("train_")?, read_split("test_")?)
@@ -248,7 +222,8 @@ pub fn npy_dir(dir: &Path, options: &OpenOptions) -> Result<Dataset> {
     } else {
         bail!("{}: expected images.npy (and optional labels.npy) or train_images.npy/test_images.npy", dir.display());
     };
-    let channels = train.images[0].channels;
+    ensure!(test.len() == 0 || test.channels == train.channels, "{}: train and test images have different channel counts", dir.display());
+    let channels = train.channels;
     let n_classes = train.labels.iter().chain(&test.labels).flatten().max().map_or(0, |m| m + 1);
     let classes = (0..n_classes).map(|c| c.to_string()).collect();
     Ok(Dataset { spec: String::new(), val: Split::default(), channels, classes, train: Arc::new(train), test, skipped: vec![] })
@@ -267,7 +242,7 @@ pub fn digits(options: &OpenOptions) -> Result<Dataset> {
         images.push(Image { width: 8, height: 8, channels: 1, pixels });
         labels.push(values[64] as i64);
     }
-    let all = Split { images, labels: Some(labels.clone()) };
+    let all = Split::from_images(images, Some(labels.clone()));
     let (train_idx, test_idx) = stratified_split(&labels, options.test_fraction);
     let classes = (0..10).map(|c| c.to_string()).collect();
     Ok(Dataset { spec: String::new(), val: Split::default(), channels: 1, classes, train: Arc::new(all.select(&train_idx)), test: all.select(&test_idx), skipped: vec![] })
@@ -305,10 +280,9 @@ pub fn elpv(binary: bool, options: &OpenOptions) -> Result<Dataset> {
         strata.push(level * 2 + module);
     }
     let mut skipped = Vec::new();
-    let (images, labels) = decode_all(&files, options.skip_bad, &mut skipped)?;
-    ensure!(skipped.is_empty() || images.len() + skipped.len() == files.len(), "ELPV: inconsistent file list");
+    let (store, labels, _) = file_store(&files, options, &mut skipped)?;
     let strata: Vec<i64> = if skipped.is_empty() { strata } else { labels.clone() };
-    let all = Split { images, labels: Some(labels) };
+    let all = Split::new(store, Some(labels), 1);
     let (train_idx, test_idx) = stratified_split(&strata, 0.25);
     let classes = if binary {
         vec!["functional".into(), "defective".into()]

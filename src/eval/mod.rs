@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::data::{Image, Split};
+use crate::data::Split;
 use crate::data::augment::MultiCrop;
 use crate::data::loader::eval_batch;
 use crate::models::Backbone;
@@ -26,26 +26,29 @@ pub enum FeatureKind {
     Embedding,
 }
 
-/// Features `[N, D]` (f32, CPU) of some images' evaluation views, in batches, backbone in eval mode.
-pub fn features(backbone: &Backbone, images: &[Image], crop: &MultiCrop, kind: FeatureKind, device: Device) -> Tensor {
+/// Features `[N, D]` (f32, CPU) of a split's evaluation views, backbone in eval mode. Images are
+/// decoded a batch at a time: only the features are held.
+pub fn features(backbone: &Backbone, split: &Split, crop: &MultiCrop, kind: FeatureKind, device: Device) -> Result<Tensor> {
     let mut chunks = Vec::new();
-    tch::no_grad(|| {
-        for images in images.chunks(256) {
-            let out = backbone.forward(&eval_batch(images, crop).to_device(device), false);
-            let f = match kind {
-                FeatureKind::Probe => out.probe,
-                FeatureKind::Embedding => out.embedding,
-            };
-            chunks.push(f.to_kind(Kind::Float).to_device(Device::Cpu));
-        }
-    });
-    Tensor::cat(&chunks, 0)
+    for start in (0..split.len()).step_by(256) {
+        let views = eval_batch(split, start..(start + 256).min(split.len()), crop)?;
+        let out = tch::no_grad(|| backbone.forward(&views.to_device(device), false));
+        let f = match kind {
+            FeatureKind::Probe => out.probe,
+            FeatureKind::Embedding => out.embedding,
+        };
+        chunks.push(f.to_kind(Kind::Float).to_device(Device::Cpu));
+    }
+    Ok(Tensor::cat(&chunks, 0))
 }
 
 /// Raw-pixel features: the normalised evaluation views, flattened.
-pub fn pixel_features(split: &Split, crop: &MultiCrop) -> Tensor {
-    let chunks: Vec<Tensor> = split.images.chunks(1024).map(|images| eval_batch(images, crop).flatten(1, -1)).collect();
-    Tensor::cat(&chunks, 0)
+pub fn pixel_features(split: &Split, crop: &MultiCrop) -> Result<Tensor> {
+    let chunks = (0..split.len())
+        .step_by(1024)
+        .map(|start| Ok(eval_batch(split, start..(start + 1024).min(split.len()), crop)?.flatten(1, -1)))
+        .collect::<Result<Vec<Tensor>>>()?;
+    Ok(Tensor::cat(&chunks, 0))
 }
 
 /// Top-1 accuracy, balanced accuracy (mean per-class recall) and macro-F1, as fractions.

@@ -228,12 +228,14 @@ impl Config {
         if let Some(path) = &self.augment_file {
             let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the view recipe", path.display()))?;
             let crop: MultiCrop = toml::from_str(&text).with_context(|| format!("{}: invalid view recipe", path.display()))?;
+            crop.validate().map_err(|e| anyhow::anyhow!("{}: invalid view recipe: {e}", path.display()))?;
             ensure!(crop.mean.len() == dataset.channels && crop.std.len() == dataset.channels, "{}: mean/std need {} channel(s)", path.display(), dataset.channels);
             ensure!(crop.global.size % multiple_of == 0 && crop.local.size % multiple_of == 0, "{}: view sizes must be multiples of the patch size {multiple_of}", path.display());
+            dataset.decode_at(crop.decode_side());
             return Ok(crop);
         }
-        let first = &dataset.train.images[0];
-        let image_size = first.width.min(first.height);
+        let (width, height) = dataset.train.dimensions(0);
+        let image_size = width.min(height);
         let mut crop = match self.augment.as_str() {
             "minimal" => MultiCrop::minimal(image_size, multiple_of, self.global_views),
             _ => MultiCrop::lejepa(image_size, multiple_of, self.global_views, self.local_views),
@@ -255,7 +257,9 @@ impl Config {
         for (kind, size) in [("global", crop.global.size), ("local", crop.local.size)] {
             ensure!(size % multiple_of == 0, "{kind} view size {size} is not a multiple of the patch size {multiple_of} of {}", self.arch);
         }
-        (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, dataset.channels);
+        crop.validate().map_err(|e| anyhow::anyhow!("invalid view recipe: {e}"))?;
+        dataset.decode_at(crop.decode_side());
+        (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, dataset.channels)?;
         Ok(crop)
     }
 }

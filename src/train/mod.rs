@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::data::Dataset;
+use crate::data::{Dataset, Split, stratified_subset};
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::distributed::ProcessGroup;
 use crate::models::{Arch, Encoder, copy_variables};
@@ -112,6 +112,8 @@ pub struct Summary {
     /// Memory a training step was estimated to take before training (CPU), and the process's peak resident memory.
     pub estimated_step_bytes: Option<u64>,
     pub peak_resident_bytes: Option<u64>,
+    /// Image files left out as unreadable, at the start-up scan (`--skip-bad`) or during the run.
+    pub unreadable_files: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -229,18 +231,14 @@ pub fn new_run_dir(out: &Path, arch: &str) -> Result<PathBuf> {
     unreachable!()
 }
 
-/// Accuracy of the online probe on (up to `limit`) test images, backbone in eval mode.
-fn probe_accuracy(encoder: &Encoder, probe: &LinearProbe, dataset: &Dataset, crop: &crate::data::augment::MultiCrop, limit: Option<usize>, device: Device) -> Option<f64> {
-    let labels = dataset.test.labels.as_ref()?;
-    let n = limit.unwrap_or(usize::MAX).min(dataset.test.len());
-    if n == 0 {
-        return None;
-    }
-    let features = crate::eval::features(&encoder.backbone, &dataset.test.images[..n], crop, crate::eval::FeatureKind::Probe, device);
+/// Accuracy of the online probe on the evaluation images, backbone in eval mode.
+fn probe_accuracy(encoder: &Encoder, probe: &LinearProbe, eval: &Split, crop: &crate::data::augment::MultiCrop, device: Device) -> Result<Option<f64>> {
+    let Some(labels) = eval.labels.as_ref().filter(|l| !l.is_empty()) else { return Ok(None) };
+    let features = crate::eval::features(&encoder.backbone, eval, crop, crate::eval::FeatureKind::Probe, device)?;
     let features = features.to_device(device).to_kind(probe.linear.ws.kind());
     let predicted = tch::no_grad(|| probe.forward(&features).argmax(-1, false).to_device(Device::Cpu));
-    let correct = predicted.eq_tensor(&Tensor::from_slice(&labels[..n])).sum(Kind::Int64).int64_value(&[]);
-    Some(correct as f64 / n as f64)
+    let correct = predicted.eq_tensor(&Tensor::from_slice(labels)).sum(Kind::Int64).int64_value(&[]);
+    Ok(Some(correct as f64 / labels.len() as f64))
 }
 
 /// Runs a pretraining run in `run_dir` (an existing, empty folder), or with `resume` continues the
@@ -369,6 +367,9 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
     };
 
     let epoch_of = |s: u64| s / steps_per_epoch;
+    // The online probe's evaluation images: a fixed stratified subset, so every class counts even
+    // where the test split is sorted by class.
+    let eval_split = stratified_subset(&dataset.test, config.eval_images.unwrap_or(usize::MAX));
     let loader = Loader::new(
         dataset.train.clone(), // an Arc: no copy of the images
         crop.clone(),
@@ -485,12 +486,20 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         progress.set_position(step);
 
         let end_of_epoch = step % steps_per_epoch == 0 || step == last_step;
-        if end_of_epoch && leader {
+        // Every rank evaluates (the same weights, the same images), so none waits in a collective
+        // while rank 0 alone works through the evaluation set.
+        if end_of_epoch {
             if let Some((_, probe, _)) = &state.probe {
-                probe_acc = probe_accuracy(&state.encoder, probe, dataset, &crop, config.eval_images, device);
-                if let Some(acc) = probe_acc {
-                    writeln!(metrics, "{}", serde_json::json!({"step": step, "epoch": epoch_of(step - 1), "probe_accuracy": acc}))?;
-                    progress.println(format!("epoch {} step {step}: loss {loss:.4}, online probe accuracy {:.2}%", epoch_of(step - 1), 100.0 * acc));
+                match probe_accuracy(&state.encoder, probe, &eval_split, &crop, device) {
+                    Ok(Some(acc)) => {
+                        probe_acc = Some(acc);
+                        writeln!(metrics, "{}", serde_json::json!({"step": step, "epoch": epoch_of(step - 1), "probe_accuracy": acc}))?;
+                        if leader {
+                            progress.println(format!("epoch {} step {step}: loss {loss:.4}, online probe accuracy {:.2}%", epoch_of(step - 1), 100.0 * acc));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => progress.println(format!("warning: no online probe accuracy at step {step}: {e:#}")),
                 }
             }
         }
@@ -531,6 +540,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         data_wait_fraction: if total_step_time > 0.0 { total_wait / total_step_time } else { 0.0 },
         estimated_step_bytes,
         peak_resident_bytes: memory::peak_resident_bytes(),
+        unreadable_files: dataset.unreadable(),
     };
     if leader {
         std::fs::write(run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
