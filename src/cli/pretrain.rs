@@ -103,7 +103,7 @@ pub fn run(args: Args) -> Result<()> {
     if leader && balance < 1.0 {
         eprintln!("warning: N·λ = {balance:.2} (SIGReg's batch {sigreg_batch} × λ {}) is below 1: SIGReg's weight against \
                    the invariance term is about N·λ, and this project's runs at N·λ 0.64 narrowed the embedding to one or \
-                   two directions; raise λ as the batch shrinks (README, \"Choosing λ with the batch size\")", config.lambda);
+                   two directions; raise λ as the batch shrinks (docs/configuration.md, \"Choosing λ with the batch size\")", config.lambda);
     }
     let (run_dir, resume) = match &args.resume {
         Some(dir) => (dir.clone(), true),

@@ -271,12 +271,12 @@ pub struct ConfigArgs {
     /// cpu-hour-resnet (a ResNet-18 for 850 steps: the best f32 hour on 2 cores), minimal (MINIMAL.md), paper (§6.1).
     #[arg(long, default_value = "cpu-small")]
     pub preset: String,
-    /// TOML file with any subset of the config keys (see README), laid over the preset.
+    /// TOML file with any subset of the config keys (docs/configuration.md), laid over the preset.
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
-    /// Backbone, e.g. vit-tiny-patch4-depth6, vit-small-patch16, resnet18-small, resnet50 (README lists all).
+    /// Backbone, e.g. vit-tiny-patch4-depth6, vit-small-patch16, resnet18-small, resnet50 (docs/configuration.md lists all).
     #[arg(long)]
     pub arch: Option<String>,
     /// Projector widths, comma-separated (e.g. 2048,2048,64).
