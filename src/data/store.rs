@@ -319,7 +319,8 @@ mod tests {
         assert_eq!(jpeg_divisor(1024, 128), 8);
         assert_eq!(jpeg_divisor(1024, 129), 4);
         assert_eq!(jpeg_divisor(1000, 125), 8);
-        assert_eq!(jpeg_divisor(1001, 126), 4, "1001/8 rounds up to 126");
+        assert_eq!(jpeg_divisor(1001, 126), 8, "1001/8 rounds up to 126");
+        assert_eq!(jpeg_divisor(1000, 126), 4, "1000/8 is only 125");
         assert_eq!(jpeg_divisor(300, 200), 1);
         assert_eq!(jpeg_divisor(300, 150), 2);
     }
