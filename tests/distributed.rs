@@ -22,7 +22,7 @@ fn free_port() -> u16 {
 /// A small run on digits: 2 global + 2 local views, the online probe on, drop path 0.
 fn pretrain(arch: &str, batch_size: usize, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lejepa"));
-    cmd.args(["pretrain", "--data", "digits", "--arch", arch, "--projector", "64,64,16", "--slices", "32"])
+    cmd.args(["pretrain", "--preset", "cpu-small", "--data", "digits", "--arch", arch, "--projector", "64,64,16", "--slices", "32"])
         .args(["--local-views", "2", "--workers", "1", "--threads", "1", "--eval-images", "100", "--precision", "f64"])
         .args(["--batch-size", &batch_size.to_string(), "--json"])
         .args(extra);

@@ -48,7 +48,7 @@ fn pixel_baseline_lands_where_scikit_learn_logistic_regression_does() {
 fn probe_a_run_with_few_shots_and_baselines_then_embed_and_diagnose() {
     let runs = scratch("runs");
     let summary = lejepa_json(&[
-        "pretrain", "--data", "digits", "--arch", "vit-tiny-patch4-depth2", "--projector", "64,64,16", "--batch-size", "64",
+        "pretrain", "--preset", "cpu-small", "--data", "digits", "--arch", "vit-tiny-patch4-depth2", "--projector", "64,64,16", "--batch-size", "64",
         "--slices", "32", "--local-views", "0", "--max-steps", "6", "--workers", "1", "--no-online-probe", "--json",
         "--out", runs.to_str().unwrap(),
     ]);

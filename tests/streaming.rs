@@ -191,7 +191,7 @@ fn pretraining_on_a_folder_larger_than_memory_keeps_memory_bounded() {
     let bound = 1_500_000_000u64;
     assert!(2600u64 * 1024 * 1024 * 3 > 5 * bound);
     let output = Command::new(env!("CARGO_BIN_EXE_lejepa"))
-        .args(["pretrain", "--data", &format!("folder:{}", folder.display()), "--global-size", "32", "--batch-size", "32"])
+        .args(["pretrain", "--preset", "cpu-small", "--data", &format!("folder:{}", folder.display()), "--global-size", "32", "--batch-size", "32"])
         .args(["--max-steps", "3", "--threads", "2", "--json", "--out"])
         .arg(dir.join("runs"))
         .output()

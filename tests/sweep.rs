@@ -14,7 +14,7 @@ fn sweep_runs_the_grid_resumes_and_select_ranks() {
     let out = common::scratch("runs");
     let sweep = |grid: &str| {
         lejepa(&[
-            "sweep", "--data", "digits", "--arch", "vit-tiny-patch4-depth2", "--projector", "64,64,16", "--batch-size", "64",
+            "sweep", "--preset", "cpu-small", "--data", "digits", "--arch", "vit-tiny-patch4-depth2", "--projector", "64,64,16", "--batch-size", "64",
             "--slices", "32", "--local-views", "0", "--max-steps", "8", "--workers", "1", "--threads", "1", "--eval-images", "100",
             "--grid", grid, "--out", out.to_str().unwrap(),
         ])

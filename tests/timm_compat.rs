@@ -132,3 +132,31 @@ fn loading_the_wrong_architecture_names_the_file_and_the_tensor() {
     let err = encoder("resnet18", 1, 64).load_backbone(&path).unwrap_err().to_string();
     assert!(err.contains("conv1.weight") && err.contains("shape"), "{err}");
 }
+
+/// The Python line `lejepa pretrain` prints builds the same network in timm, also for the small
+/// architectures timm has no name for: our file loads strictly and gives our features.
+#[test]
+fn the_printed_timm_line_builds_the_same_network() {
+    let Some(python) = common::python_with("timm, safetensors", "the printed timm line") else { return };
+    for (arch, in_chans, size) in [("resnet18-small", 1, 28), ("vit-tiny-patch4-depth6", 1, 28), ("resnet18", 3, 96), ("vit-small-patch16", 3, 64)] {
+        let dir = common::scratch(arch);
+        tch::manual_seed(0);
+        let enc = encoder(arch, in_chans, size);
+        let input = Tensor::randn([2, in_chans, size, size], (Kind::Float, Device::Cpu));
+        let ours = tch::no_grad(|| enc.backbone.forward(&input, false)).embedding;
+        enc.save_backbone(&dir.join("backbone.safetensors")).unwrap();
+        input.write_npy(dir.join("input.npy")).unwrap();
+        let line = Arch::from_name(arch).unwrap().timm_python(in_chans, size);
+        let script = format!(
+            "import sys, numpy, timm, torch, safetensors.torch\n{line}\n\
+             model.load_state_dict(safetensors.torch.load_file(sys.argv[1] + '/backbone.safetensors'), strict=True)\n\
+             x = torch.from_numpy(numpy.load(sys.argv[1] + '/input.npy'))\n\
+             numpy.save(sys.argv[1] + '/theirs.npy', model.eval()(x).detach().numpy())\n"
+        );
+        let out = std::process::Command::new(&python).args(["-c", &script, dir.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{arch}: {line}\n{}", String::from_utf8_lossy(&out.stderr));
+        let theirs = Tensor::read_npy(dir.join("theirs.npy")).unwrap();
+        let diff = max_abs_diff(&ours, &theirs);
+        assert!(diff <= 1e-4, "{arch}: timm's features of our weights differ by {diff}");
+    }
+}

@@ -285,6 +285,39 @@ class PngFiles(torch.utils.data.Dataset):
         return torchvision.io.decode_image(self.paths[i], mode=torchvision.io.ImageReadMode.GRAY)
 
 
+class JpegFolder(torch.utils.data.Dataset):
+    """A folder of colour photos as torchvision users load it: PIL decode, then the official README's
+    recipe on the PIL image (RandomResizedCrop, flip, ColorJitter(0.4, 0.4, 0.2, 0.1), grayscale, blur,
+    solarize), then to a normalised tensor."""
+
+    def __init__(self, folder, a):
+        self.paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".jpg"))
+
+        def view(size, scale):
+            return v2.Compose([
+                v2.RandomResizedCrop(size, scale=scale, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                v2.RandomGrayscale(p=0.2),
+                v2.RandomApply([v2.GaussianBlur(max(3, (size // 10) | 1), sigma=(0.1, 2.0))], p=0.5),
+                v2.RandomSolarize(128, p=0.2),
+                v2.PILToTensor(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize([0.5] * 3, [0.5] * 3),
+            ])
+
+        self.global_view, self.local_view = view(a.global_size, a.global_scale), view(a.local_size, a.local_scale)
+        self.vg, self.vl = a.global_views, a.local_views
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        img = Image.open(self.paths[i]).convert("RGB")
+        return [self.global_view(img) for _ in range(self.vg)], [self.local_view(img) for _ in range(self.vl)]
+
+
 def elpv_files():
     """The ELPV cells that scripts/setup --elpv unpacks (the same places lejepa looks)."""
     repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -297,6 +330,9 @@ def elpv_files():
 
 
 def loader(a):
+    if a.folder:
+        return torch.utils.data.DataLoader(JpegFolder(a.folder, a), batch_size=a.batch, shuffle=True, drop_last=True,
+                                           num_workers=a.workers, persistent_workers=a.workers > 0)
     if a.data == "elpv":
         images = PngFiles(elpv_files())
         sample = torch.stack([images[i] for i in range(64)]).float().div(255)
@@ -419,6 +455,7 @@ if __name__ == "__main__":
     p.add_argument("--skip-memory", action="store_true", help="model: time only (a later round of the same row)")
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--data", choices=["fashion-mnist", "elpv"], default="fashion-mnist", help="pipeline and views: the images")
+    p.add_argument("--folder", help="views: a folder of .jpg photos instead of --data")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="model and sigreg: cpu or cuda")

@@ -26,21 +26,24 @@ use crate::train::{lejepa_forward, trainable};
 #[derive(clap::Args)]
 pub struct Args {
     /// Workloads, comma-separated: gemm, model, pipeline, pipeline-elpv (skipped where ELPV is not
-    /// installed: scripts/setup --elpv), sigreg, views.
-    #[arg(long, value_delimiter = ',', default_value = "gemm,model,pipeline,pipeline-elpv,sigreg,views")]
+    /// installed: scripts/setup --elpv), sigreg, views, views-jpeg (the paper's 224/96 px views of
+    /// generated 1-megapixel JPEG files, decoded every time on both sides).
+    #[arg(long, value_delimiter = ',', default_value = "gemm,model,pipeline,pipeline-elpv,sigreg,views,views-jpeg")]
     workloads: Vec<String>,
-    /// Timed repetitions per row (median and spread are reported), and steps per repetition.
+    /// Timed repetitions per row (median and spread are reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Steps per timed repetition.
     #[arg(long, default_value_t = 2)]
     steps: usize,
     /// Model-step and pipeline rows: alternating rounds of (lejepa, reference); a model round is
     /// --reps repetitions of --steps steps, a pipeline round one run of --reps × --steps steps.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
-    /// Intra-op threads for both sides, and data-loading workers for the pipeline rows.
+    /// Intra-op threads for both sides.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Data-loading workers of both sides in the pipeline and view rows.
     #[arg(long, default_value_t = 2)]
     workers: usize,
     /// Images per step (before multi-crop: 2 global 28 px + 4 local 12 px views each).
@@ -333,6 +336,56 @@ fn our_views(args: &Args, batches: usize) -> Result<f64> {
     Ok((batches * args.batch_size * 6) as f64 / t.elapsed().as_secs_f64())
 }
 
+/// Photos for the views-jpeg row: 1024×1024 colour JPEGs (gradients, rings and noise, as a photo
+/// compresses), written once into a folder under the system's temporary directory.
+fn jpeg_folder(count: usize) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("lejepa-bench-jpeg-{count}"));
+    if dir.join(format!("{:04}.jpg", count - 1)).exists() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    use rayon::prelude::*;
+    (0..count).into_par_iter().try_for_each(|i| -> Result<()> {
+        let mut state = i as u32 * 2_654_435_761 + 1;
+        let picture = image::RgbImage::from_fn(1024, 1024, |x, y| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let noise = (state % 24) as f32 - 12.0;
+            let (u, v) = (x as f32 / 1024.0, y as f32 / 1024.0);
+            let ring = (((u - 0.3).powi(2) + (v - 0.6).powi(2)).sqrt() * (12.0 + i as f32 % 20.0)).sin();
+            let px = |value: f32| (value + noise).clamp(0.0, 255.0) as u8;
+            image::Rgb([px(255.0 * u), px(255.0 * v), px(127.5 + 100.0 * ring)])
+        });
+        let path = dir.join(format!("{i:04}.jpg"));
+        let file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        picture.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(file, 90))?;
+        Ok(())
+    })?;
+    Ok(dir)
+}
+
+/// Our loader on those photos: 2 × 224 px + 6 × 96 px views (the paper's recipe), no cache (every
+/// image decoded each time, as the reference does), views per second over `batches` batches of 32.
+fn our_jpeg_views(args: &Args, folder: &Path, batches: usize) -> Result<f64> {
+    let options = crate::data::OpenOptions { cache_bytes: 0, ..Default::default() };
+    let dataset = crate::data::open(&format!("folder:{}", folder.display()), &options)?;
+    let mut crop = MultiCrop::lejepa(224, 1, 2, 6);
+    (crop.mean, crop.std) = (vec![0.5; 3], vec![0.5; 3]);
+    dataset.decode_at(crop.decode_side());
+    let batches_per_epoch = dataset.train.len() / JPEG_BATCH;
+    let config = LoaderConfig { batch_size: JPEG_BATCH, shard: (0, 1), batches_per_epoch, seed: 0, start: (0, 0), workers: args.workers, prefetch: 2 };
+    let loader = Loader::new(dataset.train, Arc::new(crop), config)?;
+    let _ = loader.next();
+    let t = Instant::now();
+    for _ in 0..batches {
+        let _ = loader.next();
+    }
+    Ok((batches * JPEG_BATCH * 8) as f64 / t.elapsed().as_secs_f64())
+}
+
+const JPEG_BATCH: usize = 32;
+
 pub fn run(args: Args) -> Result<()> {
     tch::set_num_threads(args.threads as i32);
     run_fast(); // the allocator settings of a training run (the reference's: --reference-malloc)
@@ -486,6 +539,19 @@ pub fn run(args: Args) -> Result<()> {
             .map(|_| reference(&args, "views", &["--batches".into(), "10".into()]).map(|v| v["views_per_second"].as_f64().unwrap_or(f64::NAN)))
             .collect::<Result<_>>()?;
         rows.push(Row { name: format!("(d) loader, {} workers, 2×28 + 4×12 px views", args.workers), unit: "views/s", ours, theirs: Some(theirs), ours_bytes: None, theirs_bytes: None, peak_fraction: None, note: String::new() });
+    }
+    if wants("views-jpeg") {
+        eprintln!("loader views/s on 1-megapixel JPEG files …");
+        let folder = jpeg_folder(256)?;
+        let batches = 6;
+        let ours: Vec<f64> = (0..args.reps).map(|_| our_jpeg_views(&args, &folder, batches)).collect::<Result<_>>()?;
+        let extra: Vec<String> = ["--folder", &folder.to_string_lossy(), "--batches", &batches.to_string(), "--batch", &JPEG_BATCH.to_string()]
+            .iter().map(|s| s.to_string()).chain(["--global-size", "224", "--local-size", "96", "--local-views", "6"].map(String::from)).collect();
+        let theirs: Vec<f64> = (0..args.reps)
+            .map(|_| reference(&args, "views", &extra).map(|v| v["views_per_second"].as_f64().unwrap_or(f64::NAN)))
+            .collect::<Result<_>>()?;
+        let note = "1024×1024 RGB JPEG, decoded every time (our cache off); ours decodes at the size the views need".to_string();
+        rows.push(Row { name: format!("(d) loader, {} workers, JPEG files, 2×224 + 6×96 px views", args.workers), unit: "views/s", ours, theirs: Some(theirs), ours_bytes: None, theirs_bytes: None, peak_fraction: None, note });
     }
     if wants("sigreg") {
         let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {

@@ -17,10 +17,11 @@ pub struct ModelArgs {
     /// A pretraining run directory (uses its config.toml and backbone.safetensors).
     #[arg(long)]
     pub run: Option<PathBuf>,
-    /// Backbone weights with timm's parameter names (lejepa's backbone.safetensors or a timm model's).
-    #[arg(long, requires = "arch")]
+    /// Backbone weights with timm's parameter names: a run's backbone.safetensors (or its
+    /// checkpoint.safetensors, whose backbone part is read) or a timm model's. Alias: --checkpoint.
+    #[arg(long = "weights", visible_alias = "checkpoint", value_name = "FILE", requires = "arch")]
     pub checkpoint: Option<PathBuf>,
-    /// Architecture of --checkpoint, e.g. vit-small-patch16 or resnet50 (timm's configurations).
+    /// Architecture of --weights, e.g. vit-small-patch16 or resnet50 (timm's configurations).
     #[arg(long)]
     pub arch: Option<String>,
     /// Evaluation image size (default: the run's global view size, else the data's image size).
@@ -82,7 +83,7 @@ impl ModelArgs {
         let arch_name = match (&config, &self.arch) {
             (_, Some(arch)) => arch.clone(),
             (Some(c), None) => c.arch.clone(),
-            (None, None) => bail!("give --run RUN, or --checkpoint W.safetensors with --arch NAME"),
+            (None, None) => bail!("give --run RUN, or --weights W.safetensors with --arch NAME"),
         };
         let arch = Arch::from_name(&arch_name)?;
         let weights = match (&self.run, &self.checkpoint) {
@@ -95,7 +96,7 @@ impl ModelArgs {
             Arch::Resnet { .. } => None,
         };
         // Read once: the shapes tell channels and trained size, then the values load.
-        let weights = weights.map(|path| read_weights(&path).map(|tensors| (path, tensors))).transpose()?;
+        let weights = weights.map(|path| read_weights(&path).map(|tensors| (path, backbone_part(tensors)))).transpose()?;
         let (in_chans, weights_img_size) = match &weights {
             Some((path, tensors)) => weights_input(path, tensors, patch)?,
             None => (dataset.channels as i64, None),
@@ -145,7 +146,7 @@ impl ModelArgs {
     /// one), which maps the backbone's embedding of `in_dim` to the space SIGReg makes Gaussian.
     pub fn trained_projector(&self, in_dim: i64, device: Device) -> Result<Projector> {
         let (Some(run), None) = (&self.run, &self.checkpoint) else {
-            bail!("the projector is saved in a run's checkpoint.safetensors: give --run RUN (and no --checkpoint)")
+            bail!("the projector is saved in a run's checkpoint.safetensors: give --run RUN (and no --weights)")
         };
         let config = self.run_config()?.context("--run gives a config")?;
         let mut vs = nn::VarStore::new(Device::Cpu);
@@ -156,6 +157,15 @@ impl ModelArgs {
         vs.set_device(device);
         Ok(projector)
     }
+}
+
+/// The backbone's tensors under timm's names: a run's checkpoint.safetensors holds them under
+/// `backbone.` beside the projector, the probe and the optimizer state; a backbone file holds only them.
+fn backbone_part(tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    if !tensors.iter().any(|(name, _)| name.starts_with("backbone.")) {
+        return tensors;
+    }
+    tensors.into_iter().filter_map(|(name, t)| name.strip_prefix("backbone.").map(|n| (n.to_string(), t))).collect()
 }
 
 /// The split read with gray images turned RGB when the model takes 3 channels.

@@ -1,4 +1,4 @@
-//! `lejepa pretrain`: with no arguments, the cpu-small preset on Fashion-MNIST. With `--nodes N`
+//! `lejepa pretrain`: with no arguments, the default preset on Fashion-MNIST. With `--world-size N`
 //! (or torchrun's WORLD_SIZE) it is one of N data-parallel processes.
 
 use std::path::PathBuf;
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::probe::probe_with_baselines;
 use crate::distributed::{Launch, ProcessGroup};
 use crate::train::config::{Config, ConfigArgs};
 use crate::train::{new_run_dir, pretrain};
@@ -24,10 +25,13 @@ pub struct Args {
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
-    /// Distributed: number of processes in the run, one per device (default: $WORLD_SIZE, else 1).
+    /// Print the effective configuration (TOML: preset, fitted to the data, then --config, then flags) and exit.
     #[arg(long)]
-    nodes: Option<usize>,
-    /// Distributed: this process's rank, 0 … nodes−1 (default: $RANK). Rank 0 writes the run directory.
+    print_config: bool,
+    /// Distributed: number of processes in the run, one per device (default: $WORLD_SIZE, else 1). Alias: --nodes.
+    #[arg(long, visible_alias = "nodes")]
+    world_size: Option<usize>,
+    /// Distributed: this process's rank, 0 … world size − 1 (default: $RANK). Rank 0 writes the run directory.
     #[arg(long)]
     rank: Option<usize>,
     /// Distributed: address of rank 0, where the group meets (default: $MASTER_ADDR, else 127.0.0.1).
@@ -47,7 +51,9 @@ pub fn run(args: Args) -> Result<()> {
             let path = dir.join("config.toml");
             let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read the run's config", path.display()))?;
             let saved: Config = toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
-            args.config.resolve_over(saved)?
+            let resolved = args.config.resolve_over(saved.clone())?;
+            check_resumable(&saved, &resolved, dir)?;
+            resolved
         }
         None => args.config.resolve()?,
     };
@@ -55,7 +61,7 @@ pub fn run(args: Args) -> Result<()> {
         config.out = out.clone();
     }
     let launch = Launch::resolve(
-        args.nodes, args.rank, args.master_addr.clone(), args.master_port, config.device.starts_with("cuda"),
+        args.world_size, args.rank, args.master_addr.clone(), args.master_port, config.device.starts_with("cuda"),
         Duration::from_secs(args.dist_timeout),
     )?;
     let group = match &launch {
@@ -74,6 +80,18 @@ pub fn run(args: Args) -> Result<()> {
     };
     let leader = group.as_ref().is_none_or(|g| g.rank == 0);
     let dataset = args.config.data.open(&config.data)?;
+    if args.resume.is_none() {
+        // The default preset is fitted to the images and the device; say what was chosen.
+        let (fitted, reasons) = args.config.resolve_for(&dataset)?;
+        config = Config { out: config.out.clone(), ..fitted };
+        for reason in reasons.iter().filter(|_| leader && !args.print_config) {
+            eprintln!("chose {reason}");
+        }
+    }
+    if args.print_config {
+        print!("{}", toml::to_string(&config)?);
+        return Ok(());
+    }
     if leader {
         eprintln!(
             "pretraining {} on {} ({} training images, {} classes), λ {}, batch {} × {} views{}",
@@ -120,19 +138,82 @@ pub fn run(args: Args) -> Result<()> {
     if !leader {
         return Ok(());
     }
+    let labeled = dataset.train.labels.is_some() && dataset.test.labels.is_some() && !dataset.test.is_empty();
+    let final_probe = match config.final_probe_images {
+        Some(images) if labeled && !summary.interrupted => {
+            let test_images = config.eval_images.unwrap_or(usize::MAX);
+            eprintln!("final linear probe: this backbone, raw pixels and random init on {} training and {} test images",
+                      images.min(dataset.train.len()), test_images.min(dataset.test.len()));
+            let baselines = probe_with_baselines(&summary.run_dir, &dataset, images, test_images, &config.device)?;
+            std::fs::write(summary.run_dir.join("final-probe.json"), serde_json::to_string_pretty(&baselines)?)?;
+            Some(baselines)
+        }
+        _ => None,
+    };
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        let mut value = serde_json::to_value(&summary)?;
+        value["final_probe"] = serde_json::to_value(&final_probe)?;
+        println!("{value}");
     } else {
         println!("run directory: {}", summary.run_dir.display());
         println!("steps: {}{}", summary.steps, if summary.interrupted { " (interrupted)" } else { "" });
         if let (Some(first), Some(last)) = (summary.first_loss, summary.final_loss) {
             println!("loss: {first:.4} → {last:.4}");
         }
-        match summary.probe_accuracy {
-            Some(acc) => println!("online linear probe accuracy (test): {:.2}%", 100.0 * acc),
-            None => println!("online linear probe: none (no labels)"),
+        if let Some(acc) = summary.probe_accuracy {
+            println!("online linear probe accuracy (test): {:.2}%", 100.0 * acc);
         }
+        if let Some(b) = &final_probe {
+            println!("frozen linear probe, top-1 on {} test images (fitted on {} training images, the same probe for each row):", b.test_images, b.train_images);
+            println!("  {:<34} {:>6.2}%", format!("this encoder ({})", config.arch), 100.0 * b.backbone);
+            println!("  {:<34} {:>6.2}%", "raw pixels", 100.0 * b.raw_pixels);
+            println!("  {:<34} {:>6.2}%", "the same network at random init", 100.0 * b.random_init);
+        } else if !labeled {
+            println!("no labels: no probe; `lejepa embed --run DIR --projector` then `lejepa diagnose` checks the embedding");
+        }
+        let backbone = summary.run_dir.join("backbone.safetensors");
+        let size = std::fs::read_to_string(summary.run_dir.join("augment.toml")).ok()
+            .and_then(|t| toml::from_str::<crate::data::augment::MultiCrop>(&t).ok()).map_or(224, |c| c.global.size);
+        println!("encoder: {} (timm's parameter names); in PyTorch:", backbone.display());
+        println!("  import timm, torch, safetensors.torch");
+        println!("  {}", crate::models::Arch::from_name(&config.arch)?.timm_python(dataset.channels as i64, size as i64));
+        println!("  model.load_state_dict(safetensors.torch.load_file(\"{}\"))", backbone.display());
+        println!("next: lejepa probe --run {} --baseline pixels,random   (all labels)", summary.run_dir.display());
+        println!("      lejepa embed --run {} --out features.npy          (features for your own use)", summary.run_dir.display());
         println!("checkpoint: {}", summary.checkpoint.display());
+    }
+    Ok(())
+}
+
+/// Keys a resumed run may change: how long it runs, how often it saves, how it is read and
+/// evaluated, and the machine's threads. Any other change would make it another run.
+const RESUMABLE_CHANGES: &[&str] =
+    &["epochs", "max_steps", "steps", "checkpoint_every", "keep_backbones", "out", "threads", "workers", "eval_images", "final_probe_images"];
+
+/// Refuses a resume whose flags change the run itself (the learning rate, the views, …), naming each key.
+fn check_resumable(saved: &Config, resolved: &Config, dir: &std::path::Path) -> Result<()> {
+    let (before, after) = (toml::Table::try_from(saved)?, toml::Table::try_from(resolved)?);
+    let mut keys: Vec<&String> = before.keys().chain(after.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let changed: Vec<String> = keys
+        .into_iter()
+        .filter(|key| before.get(*key) != after.get(*key))
+        .map(|key| {
+            let show = |v: Option<&toml::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+            format!("{key} ({} → {})", show(before.get(key)), show(after.get(key)))
+        })
+        .collect();
+    let (allowed, refused): (Vec<String>, Vec<String>) =
+        changed.into_iter().partition(|c| RESUMABLE_CHANGES.iter().any(|k| c.starts_with(&format!("{k} ("))));
+    anyhow::ensure!(
+        refused.is_empty(),
+        "--resume {}: these settings differ from the run's config.toml: {}. A resumed run continues the same run; \
+         start a new run to change them (changes allowed on resume: {})",
+        dir.display(), refused.join(", "), RESUMABLE_CHANGES.join(", ")
+    );
+    if !allowed.is_empty() {
+        eprintln!("resuming with {}", allowed.join(", "));
     }
     Ok(())
 }

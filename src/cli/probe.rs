@@ -37,7 +37,9 @@ enum Baseline {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum EvalSplit {
+    /// The test split.
     Test,
+    /// The validation split held out of training by --val-fraction.
     Val,
 }
 
@@ -47,10 +49,10 @@ pub struct Args {
     model: ModelArgs,
     #[command(flatten)]
     data: DataArgs,
+    /// Evaluation protocol: linear (a trained LayerNorm + Linear head) or knn (weighted 20-NN, no training).
     #[arg(long, value_enum, default_value = "linear")]
     method: Method,
     /// What the probe reads [default: last-two for the linear probe, embedding for k-NN].
-    /// (ResNet linear-probe figures before 2026-12-06 read the embedding.)
     #[arg(long, value_enum)]
     features: Option<Features>,
     /// Where to measure: the test split, or the validation split (--val-fraction) to tune without touching test.
@@ -65,18 +67,22 @@ pub struct Args {
     /// Baselines evaluated with the same protocol, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',')]
     baseline: Vec<Baseline>,
-    /// Linear probe: epochs, learning rate, weight decay, batch size.
+    /// Linear probe: passes over the labeled features.
     #[arg(long, default_value_t = 100)]
     epochs: usize,
+    /// Linear probe: peak AdamW learning rate (warm-up, then cosine decay).
     #[arg(long, default_value_t = 1e-2)]
     lr: f64,
+    /// Linear probe: AdamW weight decay.
     #[arg(long, default_value_t = 1e-6)]
     weight_decay: f64,
+    /// Linear probe: feature vectors per step.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
-    /// k-NN: neighbours and temperature.
+    /// k-NN: neighbours that vote.
     #[arg(long, default_value_t = 20)]
     k: usize,
+    /// k-NN: temperature of the similarity weights exp(cos / T).
     #[arg(long, default_value_t = 0.07)]
     temperature: f64,
     /// Print one JSON object as the last line of stdout.
@@ -95,7 +101,7 @@ fn summarize(runs: &[Scores]) -> serde_json::Value {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    ensure!(args.model.has_model() || !args.baseline.is_empty(), "give --run or --checkpoint (with --arch), or a --baseline");
+    ensure!(args.model.has_model() || !args.baseline.is_empty(), "give --run or --weights (with --arch), or a --baseline");
     let default_data = args.model.run_config()?.map_or("fashion-mnist".to_string(), |c| c.data);
     let mut dataset = args.data.open(&default_data)?;
     if args.eval_split == EvalSplit::Val {
@@ -191,4 +197,50 @@ pub fn run(args: Args) -> Result<()> {
         println!("{output}");
     }
     Ok(())
+}
+
+/// The frozen linear probe of a run's backbone next to its two baselines, with one protocol on
+/// the same images: raw pixels (the same normalised views, flattened) and the same network at
+/// random init. Fitted on a stratified subset of `train_images` training images and scored on
+/// `test_images` test images (stratified), so that it costs minutes, not the whole dataset.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Baselines {
+    pub train_images: usize,
+    pub test_images: usize,
+    pub backbone: f64,
+    pub raw_pixels: f64,
+    pub random_init: f64,
+}
+
+pub fn probe_with_baselines(run: &std::path::Path, dataset: &crate::data::Dataset, train_images: usize, test_images: usize, device: &str) -> Result<Baselines> {
+    use crate::data::stratified_subset;
+    let (train, test) = (stratified_subset(&dataset.train, train_images), stratified_subset(&dataset.test, test_images));
+    let (Some(train_labels), Some(test_labels)) = (&train.labels, &test.labels) else {
+        anyhow::bail!("{}: the probe needs labels on both the train and the test split", dataset.spec);
+    };
+    ensure!(!test.is_empty(), "{}: the test split is empty", dataset.spec);
+    let classes = dataset.classes.len();
+    let accuracy = |train_features: &Tensor, test_features: &Tensor| -> Result<f64> {
+        let predicted = linear_probe(train_features, train_labels, test_features, classes, ProbeSettings::default())?;
+        Ok(scores(&predicted, test_labels, classes).accuracy)
+    };
+    let args = ModelArgs { run: Some(run.to_path_buf()), checkpoint: None, arch: None, img_size: None, device: device.to_string() };
+    let mut result = Baselines { train_images: train.len(), test_images: test.len(), backbone: 0.0, raw_pixels: 0.0, random_init: 0.0 };
+    for random in [false, true] {
+        let model = args.load(dataset, random)?;
+        let (train, test) = (fit_channels(&train, &model), fit_channels(&test, &model));
+        let backbone = &model.encoder.backbone;
+        let score = accuracy(
+            &features(backbone, &train, &model.crop, FeatureKind::Probe, model.device)?,
+            &features(backbone, &test, &model.crop, FeatureKind::Probe, model.device)?,
+        )?;
+        if random {
+            result.random_init = score;
+        } else {
+            result.backbone = score;
+            // Raw pixels: exactly the views the backbone was given.
+            result.raw_pixels = accuracy(&pixel_features(&train, &model.crop)?, &pixel_features(&test, &model.crop)?)?;
+        }
+    }
+    Ok(result)
 }

@@ -47,8 +47,13 @@ pub fn combinations(grid: &str) -> Result<Vec<(String, Vec<(String, String)>)>> 
 /// The config with grid values laid over it (numbers as TOML numbers, anything else as a string).
 fn apply(config: &Config, combo: &[(String, String)]) -> Result<Config> {
     let mut table = toml::Table::try_from(config)?;
+    if combo.iter().any(|(k, _)| k == "epochs") && !combo.iter().any(|(k, _)| k == "steps") {
+        // A grid over epochs: the schedule spans them, not a preset's step count (as the --epochs flag).
+        table.remove("steps");
+        table.remove("warmup_steps");
+    }
     for (key, value) in combo {
-        ensure!(table.contains_key(key) || key == "max_steps", "--grid: unknown config key '{key}'");
+        ensure!(table.contains_key(key) || ["max_steps", "steps", "warmup_steps", "final_probe_images"].contains(&key.as_str()), "--grid: unknown config key '{key}'");
         let parsed = format!("v = {value}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(value.clone()));
         table.insert(key.clone(), parsed);
     }
@@ -105,6 +110,12 @@ mod tests {
         let config = apply(&Config::preset("cpu-small").unwrap(), &[("arch".into(), "resnet18-small".into())]).unwrap();
         assert_eq!(config.arch, "resnet18-small");
         assert!(apply(&Config::preset("cpu-small").unwrap(), &[("lamda".into(), "0.1".into())]).is_err());
+        // A grid over epochs replaces the default preset's step-counted schedule; one over steps keeps it.
+        let default = Config::preset("default").unwrap();
+        assert!(default.steps.is_some());
+        let config = apply(&default, &[("epochs".into(), "2".into())]).unwrap();
+        assert_eq!((config.epochs, config.steps, config.warmup_steps), (2, None, None));
+        assert_eq!(apply(&default, &[("steps".into(), "50".into())]).unwrap().steps, Some(50));
         assert!(combinations("lambda").is_err());
     }
 }

@@ -26,6 +26,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let config = args.config.resolve()?;
     let dataset = args.config.data.open(&config.data)?;
+    let (config, _) = args.config.resolve_for(&dataset)?; // the views `pretrain` would draw for these images
     let crop = config.multicrop(&dataset)?;
     let rows = args.rows.min(dataset.train.len());
     ensure!(rows > 0, "no images to draw");

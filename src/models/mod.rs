@@ -79,6 +79,25 @@ impl Arch {
         Ok(Arch::Vit { width, depth, heads, patch, layer_scale })
     }
 
+    /// A line of Python that builds this network in timm, ready for `backbone.safetensors` (strict load):
+    /// a timm model by name, with the constructor arguments or the stem swap that make it this one.
+    pub fn timm_python(&self, in_chans: i64, img_size: i64) -> String {
+        match *self {
+            Arch::Vit { width, depth, patch, layer_scale, .. } => {
+                let size = match width { 192 => "tiny", 384 => "small", _ => "base" };
+                let name = if layer_scale { format!("vit_{size}_patch14_dinov2") } else { format!("vit_{size}_patch16_224") };
+                format!("model = timm.create_model(\"{name}\", patch_size={patch}, depth={depth}, img_size={img_size}, in_chans={in_chans}, num_classes=0)")
+            }
+            Arch::Resnet { depth, small_stem } => {
+                let mut line = format!("model = timm.create_model(\"resnet{depth}\", in_chans={in_chans}, num_classes=0)");
+                if small_stem {
+                    line += &format!("; model.conv1 = torch.nn.Conv2d({in_chans}, 64, 3, 1, 1, bias=False); model.maxpool = torch.nn.Identity()");
+                }
+                line
+            }
+        }
+    }
+
     /// The timm model name with the same configuration, where one exists.
     pub fn timm_name(&self) -> Option<String> {
         match *self {

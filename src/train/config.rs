@@ -25,6 +25,9 @@ pub struct Config {
     pub epochs: usize,
     /// Stop after this many optimizer steps (the schedule still spans `epochs`).
     pub max_steps: Option<u64>,
+    /// Length of the learning-rate schedule in optimizer steps, instead of `epochs` × steps per epoch.
+    #[serde(default)]
+    pub steps: Option<u64>,
     /// Images per optimizer step (before gradient accumulation: per micro-batch).
     pub batch_size: usize,
     /// Micro-batches per optimizer step (effective batch = batch_size × grad_accum).
@@ -33,6 +36,9 @@ pub struct Config {
     pub lr: f64,
     pub final_lr_ratio: f64,
     pub warmup_epochs: f64,
+    /// Warm-up length in optimizer steps, instead of `warmup_epochs`.
+    #[serde(default)]
+    pub warmup_steps: Option<u64>,
     pub weight_decay: f64,
     /// λ: loss = (1 − λ)·invariance + λ·SIGReg.
     pub lambda: f64,
@@ -74,6 +80,11 @@ pub struct Config {
     pub probe_weight_decay: f64,
     /// Evaluate the online probe on at most this many test images each epoch.
     pub eval_images: Option<usize>,
+    /// After training (labeled data): the frozen linear probe of the backbone, of raw pixels and of
+    /// the same network at random init, fitted on this many training images (a stratified subset)
+    /// and scored on `eval_images` test images. None: no final probe (`lejepa probe` does it later).
+    #[serde(default)]
+    pub final_probe_images: Option<usize>,
     /// Write a checkpoint every this many steps (and at the end).
     pub checkpoint_every: u64,
     /// Also keep the backbone of every checkpoint as backbone-step<N>.safetensors (to probe how
@@ -88,7 +99,7 @@ fn default_true() -> bool {
     true
 }
 
-pub const PRESETS: &[&str] = &["cpu-small", "cpu-hour", "cpu-hour-resnet", "minimal", "paper"];
+pub const PRESETS: &[&str] = &["default", "cpu-small", "cpu-hour", "cpu-hour-resnet", "minimal", "paper"];
 
 impl Config {
     pub fn preset(name: &str) -> Result<Config> {
@@ -98,11 +109,13 @@ impl Config {
             projector: vec![512, 512, 64],
             epochs: 1,
             max_steps: None,
+            steps: None,
             batch_size: 128,
             grad_accum: 1,
             lr: 2e-3,
             final_lr_ratio: 1e-3,
             warmup_epochs: 0.1,
+            warmup_steps: None,
             weight_decay: 5e-2,
             lambda: 0.05,
             slices: 256,
@@ -127,11 +140,29 @@ impl Config {
             probe_lr: 1e-3,
             probe_weight_decay: 1e-7,
             eval_images: Some(2000),
+            final_probe_images: None,
             checkpoint_every: 200,
             keep_backbones: false,
             out: "runs".into(),
         };
         Ok(match name {
+            // The job `lejepa pretrain` runs with no arguments: a ResNet-18 with the small-image stem and mild
+            // crops (the backbone and crops that learn 28-px images fastest per CPU second, RESULTS.md), a
+            // 160-step schedule at batch 64, then the frozen probe next to raw pixels and random init.
+            // About 20 minutes on 2 cores in f32, probe included.
+            "default" => Config {
+                arch: "resnet18-small".into(),
+                batch_size: 64,
+                steps: Some(160),
+                warmup_steps: Some(16),
+                global_scale: Some([0.8, 1.0]),
+                local_scale: Some([0.5, 0.8]),
+                online_probe: false,
+                eval_images: Some(5000),
+                final_probe_images: Some(5000),
+                checkpoint_every: 40,
+                ..cpu_small
+            },
             "cpu-small" => cpu_small,
             // The CPU hour of RESULTS.md: cpu-small in bf16 with the schedule spanning 6 epochs (52 minutes and
             // 86.1% on the project's 2-core VM, whose CPU has bf16 units; 4 epochs in f32 fill the same hour).
@@ -183,9 +214,64 @@ impl Config {
         })
     }
 
+    /// The default preset fitted to the images and the device, with the reason for each choice. Small
+    /// images (at most 48 px: Fashion-MNIST, digits, CIFAR) keep the default; on a CPU larger ones get a
+    /// ResNet-18 with the ImageNet stem (a 4× smaller feature map) at 96 px; on a GPU, the paper's
+    /// ViT-S/16 at 224/96 px in bf16. Crop scales go from the default's mild ones at 28 px to the
+    /// paper's at 224 px (`crop_scales_for`).
+    pub fn adapted_to(mut self, dataset: &Dataset) -> (Config, Vec<String>) {
+        let mut reasons = Vec::new();
+        let short = median_short_side(dataset);
+        if short <= 48 {
+            return (self, reasons);
+        }
+        if self.device.starts_with("cuda") {
+            let size = if short >= 224 { 224 } else { short / 16 * 16 };
+            self = Config {
+                arch: "vit-small-patch16".into(),
+                projector: vec![2048, 2048, 64],
+                precision: "bf16".into(),
+                batch_size: 256,
+                lr: 5e-4,
+                steps: None,
+                warmup_steps: None,
+                epochs: 100,
+                warmup_epochs: 10.0,
+                local_views: 6,
+                global_size: Some(size),
+                local_size: Some(crate::data::augment::local_size_for(size, 16)),
+                global_scale: None,
+                local_scale: None,
+                ..self
+            };
+            reasons.push(format!("images of {short} px on a GPU: the paper's vit-small-patch16 at {size}/{} px in bf16, batch 256, 100 epochs", self.local_size.unwrap()));
+        } else {
+            let size = short.min(96);
+            let (global, local) = crop_scales_for(size);
+            self = Config {
+                arch: "resnet18".into(),
+                global_size: Some(size),
+                local_size: Some(crate::data::augment::local_size_for(size, 1)),
+                global_scale: Some(global),
+                local_scale: Some(local),
+                ..self
+            };
+            reasons.push(format!(
+                "images of {short} px on a CPU: resnet18 (ImageNet stem) at {size}/{} px views, as fast a step as the 28-px default's",
+                self.local_size.unwrap()
+            ));
+            reasons.push(format!("crop scales for {size}-px views: global {:.2}–1, local {:.2}–{:.2} of the image (the paper's 0.3–1 and 0.05–0.3 are for 224 px)", global[0], local[0], local[1]));
+        }
+        (self, reasons)
+    }
+
     /// A preset with a TOML file's keys laid over it (any subset of the fields).
     pub fn from_preset_and_file(preset: &str, file: Option<&Path>) -> Result<Config> {
-        let config = Config::preset(preset)?;
+        Config::layered(Config::preset(preset)?, file)
+    }
+
+    /// `config` with a TOML file's keys laid over it.
+    pub fn layered(config: Config, file: Option<&Path>) -> Result<Config> {
         let Some(file) = file else { return Ok(config) };
         let text = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read config", file.display()))?;
         let overrides: toml::Table = text.parse().with_context(|| format!("{}: not valid TOML", file.display()))?;
@@ -201,6 +287,8 @@ impl Config {
         ensure!(self.batch_size >= 2, "batch_size must be at least 2, got {}", self.batch_size);
         ensure!(self.grad_accum >= 1, "grad_accum must be at least 1");
         ensure!(self.epochs >= 1, "epochs must be at least 1");
+        ensure!(self.steps != Some(0), "steps must be at least 1");
+        ensure!(self.final_probe_images.is_none_or(|n| n >= 2), "final_probe_images must be at least 2 (or unset)");
         ensure!(self.lr > 0.0, "lr must be positive");
         ensure!((0.0..=1.0).contains(&self.lambda), "lambda must lie in [0, 1], got {}", self.lambda);
         ensure!(self.global_views >= 1, "global_views must be at least 1");
@@ -264,12 +352,36 @@ impl Config {
     }
 }
 
+/// The median shorter side of up to 101 evenly spaced training images (headers only for files).
+fn median_short_side(dataset: &Dataset) -> usize {
+    let n = dataset.train.len();
+    if n == 0 {
+        return 0;
+    }
+    let mut sides: Vec<usize> = (0..=100).map(|k| k * (n - 1) / 100).map(|i| {
+        let (w, h) = dataset.train.dimensions(i);
+        w.min(h)
+    }).collect();
+    sides.sort_unstable();
+    sides[sides.len() / 2]
+}
+
+/// Crop scales (fractions of the image's area) for views of `size` pixels: the default's mild
+/// global 0.8–1 and local 0.5–0.8 at 28 px, moving linearly to the paper's 0.3–1 and 0.05–0.3 at 224 px,
+/// so that a small view still holds a recognisable part of the image.
+pub fn crop_scales_for(size: usize) -> ([f64; 2], [f64; 2]) {
+    let t = ((size as f64 - 28.0) / (224.0 - 28.0)).clamp(0.0, 1.0); // 0 at 28 px, 1 at 224 px
+    let mix = |small: f64, paper: f64| ((small + t * (paper - small)) * 100.0).round() / 100.0;
+    ([mix(0.8, 0.3), 1.0], [mix(0.5, 0.05), mix(0.8, 0.3)])
+}
+
 /// Flags for every field; each one, when given, overrides the preset and the file.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct ConfigArgs {
-    /// Preset to start from: cpu-small (default; minutes on 2 cores), cpu-hour (cpu-small's ViT in bf16 for 6 epochs),
-    /// cpu-hour-resnet (a ResNet-18 for 850 steps: the best f32 hour on 2 cores), minimal (MINIMAL.md), paper (§6.1).
-    #[arg(long, default_value = "cpu-small")]
+    /// Preset to start from: default (a ResNet-18 for 160 steps, then the probe with baselines: about 20 minutes
+    /// on 2 cores), cpu-small (a ViT-tiny for one epoch), cpu-hour (cpu-small in bf16 for 6 epochs), cpu-hour-resnet
+    /// (a ResNet-18 for 850 steps), minimal (MINIMAL.md), paper (§6.1). `--print-config` shows every value.
+    #[arg(long, default_value = "default")]
     pub preset: String,
     /// TOML file with any subset of the config keys (docs/configuration.md), laid over the preset.
     #[arg(long)]
@@ -285,9 +397,12 @@ pub struct ConfigArgs {
     /// Passes over the training images; the warm-up + cosine learning-rate schedule spans them.
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Stop after this many optimizer steps (the schedule still spans --epochs).
+    /// Stop after this many optimizer steps (the schedule still spans --epochs or --steps).
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// Length of the schedule in optimizer steps, instead of --epochs (giving --epochs clears a preset's steps).
+    #[arg(long)]
+    pub steps: Option<u64>,
     /// Images per step on each process (per micro-batch with --grad-accum).
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -303,6 +418,9 @@ pub struct ConfigArgs {
     /// Linear warm-up length, in epochs (fractions allowed).
     #[arg(long)]
     pub warmup_epochs: Option<f64>,
+    /// Linear warm-up length in optimizer steps, instead of --warmup-epochs.
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
     /// AdamW weight decay.
     #[arg(long)]
     pub weight_decay: Option<f64>,
@@ -372,9 +490,12 @@ pub struct ConfigArgs {
     /// Online linear probe: AdamW weight decay.
     #[arg(long)]
     pub probe_weight_decay: Option<f64>,
-    /// Evaluate the online probe on at most this many test images each epoch.
+    /// Evaluate the online probe (and the final probe) on at most this many test images.
     #[arg(long)]
     pub eval_images: Option<usize>,
+    /// After training, probe the backbone, raw pixels and random init fitted on this many training images (0: no final probe).
+    #[arg(long, value_name = "IMAGES")]
+    pub final_probe_images: Option<usize>,
     /// Write a checkpoint every this many steps (and at the end).
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
@@ -398,10 +519,37 @@ impl ConfigArgs {
         self.resolve_over(Config::from_preset_and_file(&self.preset, self.config.as_deref())?)
     }
 
+    /// Preset (fitted to the data when it is the default: `Config::adapted_to`), then file, then flags,
+    /// with the reasons for the fitted choices that no file or flag overrode.
+    pub fn resolve_for(&self, dataset: &Dataset) -> Result<(Config, Vec<String>)> {
+        let given = self.resolve()?;
+        let mut preset = Config::preset(&self.preset)?;
+        if self.preset != "default" {
+            return Ok((given, Vec::new()));
+        }
+        preset.device = given.device.clone();
+        let (adapted, reasons) = preset.adapted_to(dataset);
+        let chosen_arch = adapted.arch.clone();
+        let config = self.resolve_over(Config::layered(adapted, self.config.as_deref())?)?;
+        // The reasons stand only where the file and flags left the backbone alone.
+        Ok((config.clone(), if config.arch == chosen_arch { reasons } else { Vec::new() }))
+    }
+
     /// The given flags laid over `c` (a resumed run's saved config, or preset + file).
     pub fn resolve_over(&self, mut c: Config) -> Result<Config> {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone(); } )* };
+        }
+        if self.epochs.is_some() && self.steps.is_none() {
+            // Epochs given: the schedule spans them, not a preset's step count.
+            (c.steps, c.warmup_steps) = (None, None);
+        }
+        if self.warmup_epochs.is_some() && self.warmup_steps.is_none() {
+            c.warmup_steps = None;
+        }
+        if self.augment_file.is_some() {
+            // A complete recipe file sets every crop scale itself.
+            (c.global_scale, c.local_scale) = (None, None);
         }
         set!(arch, projector, epochs, batch_size, grad_accum, lr, final_lr_ratio, warmup_epochs, weight_decay,
              lambda, slices, t_max, knots, drop_path, augment, global_views, local_views, seed, device, precision,
@@ -409,7 +557,10 @@ impl ConfigArgs {
         macro_rules! set_option {
             ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field.clone(); } )* };
         }
-        set_option!(max_steps, global_size, local_size, global_scale, local_scale, augment_file, threads, eval_images);
+        if let Some(images) = self.final_probe_images {
+            c.final_probe_images = (images > 0).then_some(images);
+        }
+        set_option!(max_steps, steps, warmup_steps, global_size, local_size, global_scale, local_scale, augment_file, threads, eval_images);
         if let Some(spec) = &self.data.data {
             c.data = spec.clone();
         }
@@ -488,8 +639,8 @@ mod tests {
         let dataset = crate::data::open("digits", &Default::default()).unwrap();
         let crop = config.multicrop(&dataset).unwrap();
         assert_eq!((crop.global.scale, crop.local.scale), ([0.6, 1.0], [0.2, 0.4]));
-        let default = resolve(&[]).unwrap().multicrop(&dataset).unwrap();
-        assert_eq!((default.global.scale, default.local.scale), ([0.3, 1.0], [0.05, 0.3]));
+        let default = resolve(&["--preset", "cpu-small"]).unwrap().multicrop(&dataset).unwrap();
+        assert_eq!((default.global.scale, default.local.scale), ([0.3, 1.0], [0.05, 0.3]), "the recipe's own, where no preset sets them");
 
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         for recipe in [&crop.global, &crop.local] {
@@ -509,5 +660,57 @@ mod tests {
         assert!(resolve(&["--global-scale", "0.5"]).is_err(), "one fraction alone is refused");
         let error = resolve(&["--global-scale", "0.5,1", "--augment-file", "recipe.toml"]).unwrap_err().to_string();
         assert!(error.contains("augment_file"), "{error}");
+    }
+
+    fn dataset_of(side: usize, channels: usize) -> Dataset {
+        let image = || crate::data::Image { width: side + side / 3, height: side, channels, pixels: vec![0; (side + side / 3) * side * channels] };
+        let train = crate::data::Split::from_images((0..3).map(|_| image()).collect(), None);
+        Dataset { spec: format!("{side}px"), channels, classes: Vec::new(), train: std::sync::Arc::new(train), val: Default::default(), test: Default::default(), skipped: Vec::new() }
+    }
+
+    /// The data-fitted default: small images keep the measured default job; larger ones on a CPU get the
+    /// ImageNet-stem ResNet at no more than 96 px; on a GPU the paper's ViT-S/16 at 224/96 in bf16.
+    #[test]
+    fn the_default_preset_is_fitted_to_image_size_and_device() {
+        let default = Config::preset("default").unwrap();
+        for side in [28, 32, 48] {
+            let (fitted, reasons) = default.clone().adapted_to(&dataset_of(side, 1));
+            assert_eq!((fitted, reasons.len()), (default.clone(), 0), "{side} px");
+        }
+        for (side, size, local) in [(96, 96, 41), (300, 96, 41), (1024, 96, 41), (64 + 8, 72, 31)] {
+            let (fitted, reasons) = default.clone().adapted_to(&dataset_of(side, 3));
+            assert_eq!((fitted.arch.as_str(), fitted.global_size, fitted.local_size), ("resnet18", Some(size), Some(local)), "{side} px");
+            assert_eq!((fitted.precision.as_str(), fitted.steps), ("f32", default.steps));
+            assert_eq!(reasons.len(), 2);
+            fitted.validate().unwrap();
+        }
+        let gpu = Config { device: "cuda".into(), ..default.clone() };
+        for (side, size) in [(300, 224), (1024, 224), (96, 96), (100, 96)] {
+            let (fitted, _) = gpu.clone().adapted_to(&dataset_of(side, 3));
+            assert_eq!((fitted.arch.as_str(), fitted.precision.as_str()), ("vit-small-patch16", "bf16"));
+            assert_eq!((fitted.global_size, fitted.local_size.map(|l| l % 16)), (Some(size), Some(0)), "{side} px");
+            assert_eq!((fitted.global_scale, fitted.steps), (None, None), "the paper's crops and epochs");
+        }
+        // The CPU box's crops are the default's at 28 px and the paper's (§6.1: 0.3–1 and 0.05–0.3) at 224.
+        assert_eq!(crop_scales_for(28), (default.global_scale.unwrap(), default.local_scale.unwrap()));
+        assert_eq!(crop_scales_for(224), ([0.3, 1.0], [0.05, 0.3]));
+        let (g, l) = crop_scales_for(96);
+        assert!(0.3 < g[0] && g[0] < 0.8 && 0.05 < l[0] && l[0] < 0.5 && l[0] < l[1], "{g:?} {l:?}");
+    }
+
+    /// Flags that name another way to set a preset's value replace it: --epochs a step-counted
+    /// schedule, --augment-file the preset's crop scales.
+    #[test]
+    fn epochs_and_recipe_files_replace_what_the_preset_set_otherwise() {
+        let args = ConfigArgs { preset: "default".into(), epochs: Some(2), ..Default::default() };
+        let config = args.resolve().unwrap();
+        assert_eq!((config.epochs, config.steps, config.warmup_steps), (2, None, None));
+        let args = ConfigArgs { preset: "default".into(), epochs: Some(2), steps: Some(30), ..Default::default() };
+        assert_eq!(args.resolve().unwrap().steps, Some(30));
+        let args = ConfigArgs { preset: "default".into(), augment_file: Some("augment.toml".into()), ..Default::default() };
+        let config = args.resolve().unwrap();
+        assert_eq!((config.global_scale, config.local_scale), (None, None));
+        let args = ConfigArgs { preset: "default".into(), final_probe_images: Some(0), ..Default::default() };
+        assert_eq!(args.resolve().unwrap().final_probe_images, None);
     }
 }

@@ -142,6 +142,23 @@ pub fn trainable(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     vars
 }
 
+/// The first trainable variable (by name, as the checkpoint names it: the stores' prefix, then its name) whose
+/// gradient holds a NaN or an Inf; one device sync when none does.
+fn non_finite_gradient<'a>(stores: impl Iterator<Item = (&'a str, &'a nn::VarStore)>) -> Option<String> {
+    let grads: Vec<(String, Tensor)> = stores
+        .flat_map(|(prefix, vs)| trainable(vs).into_iter().map(move |(name, t)| (format!("{prefix}{name}"), t.grad())))
+        .filter(|(_, g)| g.defined())
+        .collect();
+    if grads.is_empty() {
+        return None;
+    }
+    let finite: Vec<Tensor> = grads.iter().map(|(_, g)| g.isfinite().all()).collect();
+    if Tensor::stack(&finite, 0).all().int64_value(&[]) == 1 {
+        return None;
+    }
+    grads.into_iter().zip(finite).find(|(_, ok)| ok.int64_value(&[]) == 0).map(|((name, _), _)| name)
+}
+
 impl State {
     fn tensors(&self, step: u64) -> Vec<(String, Tensor)> {
         let mut all: Vec<(String, Tensor)> = self.encoder.vs.variables().into_iter().collect();
@@ -303,7 +320,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
     };
     let objective = LeJepaObjective::new(config.lambda, sigreg)?;
 
-    // Steps: the schedule spans all epochs; max_steps may stop earlier.
+    // Steps: the schedule spans all epochs (or `steps`); max_steps may stop earlier.
     let micro_batches_per_epoch = dataset.train.len() / (config.batch_size * world);
     let steps_per_epoch = (micro_batches_per_epoch / config.grad_accum) as u64;
     ensure!(
@@ -311,9 +328,9 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         "{} training images are too few for batch_size {} × grad_accum {} × {world} process(es)",
         dataset.train.len(), config.batch_size, config.grad_accum
     );
-    let total_steps = steps_per_epoch * config.epochs as u64;
+    let total_steps = config.steps.unwrap_or(steps_per_epoch * config.epochs as u64);
     let last_step = config.max_steps.map_or(total_steps, |m| m.min(total_steps));
-    let warmup_steps = (config.warmup_epochs * steps_per_epoch as f64).round() as u64;
+    let warmup_steps = config.warmup_steps.unwrap_or((config.warmup_epochs * steps_per_epoch as f64).round() as u64);
 
     // Will it fit? One forward/backward at 2 and 4 samples of the real views, extrapolated (CPU).
     let mut estimated_step_bytes = None;
@@ -342,8 +359,19 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
     let checkpoint_path = run_dir.join("checkpoint.safetensors");
     let mut step = 0;
     if resume && leader {
+        let leftover = run_dir.join("checkpoint.safetensors.tmp");
+        if leftover.exists() {
+            // A write interrupted by a kill: the checkpoint beside it is the last complete one.
+            std::fs::remove_file(&leftover).with_context(|| format!("removing {}", leftover.display()))?;
+            eprintln!("removed {}, left by a checkpoint write that was interrupted", leftover.display());
+        }
+        ensure!(checkpoint_path.exists(), "--resume {}: no checkpoint.safetensors there (the run saved none yet?)", run_dir.display());
         step = state.load(&checkpoint_path)?;
-        eprintln!("resuming {} at step {step} of {last_step}", run_dir.display());
+        if step >= last_step {
+            eprintln!("{}: the run finished at step {step} of {last_step}; to train it longer, resume with a larger --steps or --epochs", run_dir.display());
+        } else {
+            eprintln!("resuming {} at step {step} of {last_step}", run_dir.display());
+        }
     }
     if let Some(group) = group {
         // Same start everywhere (as DDP): rank 0's fresh weights, or its checkpoint.
@@ -394,8 +422,8 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
     let (mut total_wait, mut total_step_time) = (0.0, 0.0);
     let mut probe_acc = None;
     let mut interrupted = false;
-    // Fault injection for the test suite: a NaN invariance at this step; a crash of this process.
-    let nan_at_step: Option<u64> = std::env::var("LEJEPA_FAULT_NAN_STEP").ok().and_then(|s| s.parse().ok());
+    let mut warmup_times = Vec::new();
+    // Fault injection for the test suite: a crash of this process at this step.
     let crash_at_step: Option<u64> = std::env::var("LEJEPA_FAULT_EXIT_STEP").ok().and_then(|s| s.parse().ok());
 
     // The parameters whose gradients are averaged over the processes, in the same order on every rank.
@@ -442,9 +470,6 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
             // Read only now: on a GPU reading a value waits for the queued work, and the backward
             // pass is queued already. A non-finite loss still stops before the optimizer step.
             let mut values = [terms.loss.double_value(&[]), terms.invariance.double_value(&[]), terms.sigreg.double_value(&[])];
-            if nan_at_step == Some(step) {
-                values[1] = f64::NAN;
-            }
             if let Some(group) = group {
                 // The global batch's loss (the mean of the shards'), the same on every rank.
                 let reduced = Tensor::from_slice(&values);
@@ -466,6 +491,15 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         if let Some(group) = group {
             group.average_gradients(&averaged_params)?;
         }
+        // A finite loss can still give a non-finite gradient (an overflow, a bad weight): it never reaches the weights.
+        let stores = [Some(("", &state.encoder.vs)), state.probe.as_ref().map(|(vs, _, _)| ("probe.", vs))];
+        if let Some(name) = non_finite_gradient(stores.into_iter().flatten()) {
+            bail!(
+                "step {step}: the gradient of {name} is not finite (the loss was {:.4}); stopped without saving. \
+                 The last good checkpoint ({}) is intact; try a lower --lr",
+                loss_sum / config.grad_accum as f64, checkpoint_path.display()
+            );
+        }
         state.optimizer.step(lr);
         if let Some((_, _, opt)) = &mut state.probe {
             opt.step(config.probe_lr);
@@ -484,6 +518,19 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         writeln!(metrics, "{}", serde_json::to_string(&record)?)?;
         progress.set_message(format!("loss {loss:.4} inv {invariance:.4} sigreg {sigreg:.3} lr {lr:.2e} {images_per_second:.0} img/s"));
         progress.set_position(step);
+        // Time estimate from this process's second and third steps (the first also warms up kernels and memory).
+        warmup_times.push(step_seconds);
+        if leader && warmup_times.len() == 3 {
+            let per_step = (warmup_times[1] + warmup_times[2]) / 2.0;
+            let duration = |steps: u64| {
+                let minutes = steps as f64 * per_step / 60.0;
+                if minutes < 120.0 { format!("{minutes:.0} min") } else { format!("{:.1} h", minutes / 60.0) }
+            };
+            progress.suspend(|| eprintln!(
+                "a step takes about {per_step:.1} s: the {} steps left ≈ {}; one epoch ({steps_per_epoch} steps) ≈ {}",
+                last_step - step, duration(last_step - step), duration(steps_per_epoch)
+            ));
+        }
 
         let end_of_epoch = step % steps_per_epoch == 0 || step == last_step;
         // Every rank evaluates (the same weights, the same images), so none waits in a collective
@@ -495,11 +542,11 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
                         probe_acc = Some(acc);
                         writeln!(metrics, "{}", serde_json::json!({"step": step, "epoch": epoch_of(step - 1), "probe_accuracy": acc}))?;
                         if leader {
-                            progress.println(format!("epoch {} step {step}: loss {loss:.4}, online probe accuracy {:.2}%", epoch_of(step - 1), 100.0 * acc));
+                            progress.suspend(|| eprintln!("epoch {} step {step}: loss {loss:.4}, online probe accuracy {:.2}%", epoch_of(step - 1), 100.0 * acc));
                         }
                     }
                     Ok(None) => {}
-                    Err(e) => progress.println(format!("warning: no online probe accuracy at step {step}: {e:#}")),
+                    Err(e) => progress.suspend(|| eprintln!("warning: no online probe accuracy at step {step}: {e:#}")),
                 }
             }
         }

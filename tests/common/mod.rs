@@ -20,7 +20,7 @@ pub fn scratch(name: &str) -> Scratch {
 }
 
 /// The project's Python (`.venv`, made by `scripts/setup --python`) if it can import `modules`
-/// (e.g. "timm, safetensors"); else None, saying on stderr that `skipped` is skipped.
+/// (e.g. "timm, safetensors"); else None, saying on stderr that `skipped` is skipped (outside CI only).
 #[allow(dead_code)] // not every test file compares against Python
 pub fn python_with(modules: &str, skipped: &str) -> Option<std::path::PathBuf> {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
@@ -28,6 +28,8 @@ pub fn python_with(modules: &str, skipped: &str) -> Option<std::path::PathBuf> {
     if std::process::Command::new(&python).args(["-c", &import]).output().is_ok_and(|o| o.status.success()) {
         Some(python)
     } else {
+        // In CI (.ci/run sets CI) a missing dependency is a failure, never a silent skip.
+        assert!(std::env::var_os("CI").is_none(), "{skipped}: .venv cannot import {modules}; CI must run every cross-check (scripts/setup --python)");
         eprintln!("skipping {skipped}: .venv cannot import {modules} (run scripts/setup --python)");
         None
     }
