@@ -82,13 +82,13 @@ impl Launch {
                 None => return Ok(None),
             },
         };
-        ensure!(world >= 1, "--nodes (WORLD_SIZE) must be at least 1");
+        ensure!(world >= 1, "--world-size (WORLD_SIZE) must be at least 1");
         let rank = match rank {
             Some(r) => r,
             None if world == 1 => 0,
-            None => env("RANK")?.context("a distributed run (--nodes > 1) needs --rank or RANK")?,
+            None => env("RANK")?.context("a distributed run (--world-size > 1) needs --rank or RANK")?,
         };
-        ensure!(rank < world, "--rank {rank} is not below --nodes {world}");
+        ensure!(rank < world, "--rank {rank} is not below --world-size {world}");
         let master_addr = match master_addr {
             Some(a) => a,
             None => env("MASTER_ADDR")?.unwrap_or_else(|| "127.0.0.1".to_string()),

@@ -93,4 +93,9 @@ fn a_folder_of_larger_images_gets_views_and_a_backbone_that_fit() {
     let output = lejepa(&["pretrain", "--data", &data, "--arch", "resnet18-small", "--global-size", "32", "--print-config"]);
     let config: toml::Table = String::from_utf8_lossy(&output.stdout).parse().unwrap();
     assert_eq!((config["arch"].as_str(), config["global_size"].as_integer()), (Some("resnet18-small"), Some(32)));
+    let output = lejepa(&["pretrain", "--data", &data, "--global-size", "64", "--batch-size", "8", "--max-steps", "1", "--final-probe-images", "0",
+                          "--threads", "2", "--out", dir.join("runs").to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("96/41") && stderr.contains("chose crop scales for 64-px views: global 0.71–1, local 0.42–0.71"), "{stderr}");
 }

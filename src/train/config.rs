@@ -260,7 +260,7 @@ impl Config {
                 "images of {short} px on a CPU: resnet18 (ImageNet stem) at {size}/{} px views, as fast a step as the 28-px default's",
                 self.local_size.unwrap()
             ));
-            reasons.push(format!("crop scales for {size}-px views: global {:.2}–1, local {:.2}–{:.2} of the image (the paper's 0.3–1 and 0.05–0.3 are for 224 px)", global[0], local[0], local[1]));
+            reasons.push(crop_reason(size));
         }
         (self, reasons)
     }
@@ -366,6 +366,11 @@ fn median_short_side(dataset: &Dataset) -> usize {
     sides[sides.len() / 2]
 }
 
+fn crop_reason(size: usize) -> String {
+    let (global, local) = crop_scales_for(size);
+    format!("crop scales for {size}-px views: global {:.2}–1, local {:.2}–{:.2} of the image (the paper's 0.3–1 and 0.05–0.3 are for 224 px)", global[0], local[0], local[1])
+}
+
 /// Crop scales (fractions of the image's area) for views of `size` pixels: the default's mild
 /// global 0.8–1 and local 0.5–0.8 at 28 px, moving linearly to the paper's 0.3–1 and 0.05–0.3 at 224 px,
 /// so that a small view still holds a recognisable part of the image.
@@ -454,10 +459,10 @@ pub struct ConfigArgs {
     /// Local view size in pixels (default: 3/7 of the global size).
     #[arg(long)]
     pub local_size: Option<usize>,
-    /// Global views' crop scale, fractions of the image's area as LOW,HIGH (default 0.3,1)
+    /// Global views' crop scale, fractions of the image's area as LOW,HIGH (default: the preset's; the recipe's 0.3,1 where it sets none)
     #[arg(long, value_name = "LOW,HIGH", value_parser = parse_scale)]
     pub global_scale: Option<[f64; 2]>,
-    /// Local views' crop scale, fractions of the image's area as LOW,HIGH (default 0.05,0.3)
+    /// Local views' crop scale, fractions of the image's area as LOW,HIGH (default: the preset's; the recipe's 0.05,0.3 where it sets none)
     #[arg(long, value_name = "LOW,HIGH", value_parser = parse_scale)]
     pub local_scale: Option<[f64; 2]>,
     /// A complete view recipe in the format of a run's augment.toml.
@@ -516,7 +521,23 @@ fn parse_scale(text: &str) -> Result<[f64; 2], String> {
 impl ConfigArgs {
     /// Preset, then file, then flags.
     pub fn resolve(&self) -> Result<Config> {
-        self.resolve_over(Config::from_preset_and_file(&self.preset, self.config.as_deref())?)
+        self.resolve_over(self.fresh(Config::from_preset_and_file(&self.preset, self.config.as_deref())?))
+    }
+
+    /// A new run's preset (and file) with what the flags replace by another name cleared: `--epochs` a
+    /// step-counted schedule, `--warmup-epochs` a step-counted warm-up, `--augment-file` the crop scales.
+    /// (A resumed run keeps its own: see `resolve_over`.)
+    fn fresh(&self, mut c: Config) -> Config {
+        if self.epochs.is_some() && self.steps.is_none() {
+            (c.steps, c.warmup_steps) = (None, None);
+        }
+        if self.warmup_epochs.is_some() && self.warmup_steps.is_none() {
+            c.warmup_steps = None;
+        }
+        if self.augment_file.is_some() {
+            (c.global_scale, c.local_scale) = (None, None);
+        }
+        c
     }
 
     /// Preset (fitted to the data when it is the default: `Config::adapted_to`), then file, then flags,
@@ -528,28 +549,33 @@ impl ConfigArgs {
             return Ok((given, Vec::new()));
         }
         preset.device = given.device.clone();
-        let (adapted, reasons) = preset.adapted_to(dataset);
-        let chosen_arch = adapted.arch.clone();
-        let config = self.resolve_over(Config::layered(adapted, self.config.as_deref())?)?;
-        // The reasons stand only where the file and flags left the backbone alone.
-        Ok((config.clone(), if config.arch == chosen_arch { reasons } else { Vec::new() }))
+        let (adapted, mut reasons) = preset.adapted_to(dataset);
+        let mut config = self.resolve_over(self.fresh(Config::layered(adapted.clone(), self.config.as_deref())?))?;
+        let scales_left_alone = (config.global_scale, config.local_scale) == (adapted.global_scale, adapted.local_scale);
+        if let (Some(size), Some(chosen), 2) = (config.global_size, adapted.global_size, reasons.len()) {
+            if size != chosen && scales_left_alone {
+                // Another view size given: the crops follow it by the same rule.
+                let (global, local) = crop_scales_for(size);
+                (config.global_scale, config.local_scale) = (Some(global), Some(local));
+                reasons[1] = crop_reason(size);
+                config.validate()?;
+            }
+        }
+        // A reason stands only where the file and flags left its choice alone: the first is the backbone's and
+        // the view sizes', the second (CPU) the crops'.
+        let kept = [
+            (config.arch.as_str(), config.global_size, config.local_size, config.precision.as_str())
+                == (adapted.arch.as_str(), adapted.global_size, adapted.local_size, adapted.precision.as_str()),
+            scales_left_alone,
+        ];
+        let reasons = reasons.into_iter().zip(kept).filter(|(_, kept)| *kept).map(|(reason, _)| reason).collect();
+        Ok((config, reasons))
     }
 
     /// The given flags laid over `c` (a resumed run's saved config, or preset + file).
     pub fn resolve_over(&self, mut c: Config) -> Result<Config> {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone(); } )* };
-        }
-        if self.epochs.is_some() && self.steps.is_none() {
-            // Epochs given: the schedule spans them, not a preset's step count.
-            (c.steps, c.warmup_steps) = (None, None);
-        }
-        if self.warmup_epochs.is_some() && self.warmup_steps.is_none() {
-            c.warmup_steps = None;
-        }
-        if self.augment_file.is_some() {
-            // A complete recipe file sets every crop scale itself.
-            (c.global_scale, c.local_scale) = (None, None);
         }
         set!(arch, projector, epochs, batch_size, grad_accum, lr, final_lr_ratio, warmup_epochs, weight_decay,
              lambda, slices, t_max, knots, drop_path, augment, global_views, local_views, seed, device, precision,

@@ -368,7 +368,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         ensure!(checkpoint_path.exists(), "--resume {}: no checkpoint.safetensors there (the run saved none yet?)", run_dir.display());
         step = state.load(&checkpoint_path)?;
         if step >= last_step {
-            eprintln!("{}: the run finished at step {step} of {last_step}; to train it longer, resume with a larger --steps or --epochs", run_dir.display());
+            eprintln!("{}: the run finished at step {step} of {last_step}; to train it longer, resume with a larger --steps (--epochs for a run counted in epochs)", run_dir.display());
         } else {
             eprintln!("resuming {} at step {step} of {last_step}", run_dir.display());
         }
