@@ -167,9 +167,9 @@ impl Config {
             // The CPU hour of RESULTS.md: cpu-small in bf16 with the schedule spanning 6 epochs (52 minutes and
             // 86.1% on the project's 2-core VM, whose CPU has bf16 units; 4 epochs in f32 fill the same hour).
             "cpu-hour" => Config { epochs: 6, precision: "bf16".into(), ..cpu_small },
-            // The best f32 hour of RESULTS.md (2026-12-03): cpu-small with a ResNet-18 (small-image stem) and the
-            // mildest crops, the schedule spanning 2 epochs and stopped at step 850 (61.5 minutes and 88.4% on a
-            // 2-core Xeon; a convolutional network learns these 28 px images in fewer steps than the ViT).
+            // The best f32 hour of RESULTS.md: cpu-small with a ResNet-18 (small-image stem) and the mildest crops,
+            // the schedule spanning 2 epochs and stopped at step 850 (a convolutional network learns these 28 px
+            // images in fewer steps than the ViT).
             "cpu-hour-resnet" => Config {
                 arch: "resnet18-small".into(),
                 epochs: 2,
