@@ -107,14 +107,21 @@ fn files_that_break_after_the_scan_are_skipped_and_reported() {
     for i in 0..32u32 {
         image::DynamicImage::ImageRgb8(picture(24, 24, i)).into_luma8().save(dir.join(format!("{i:02}.png"))).unwrap();
     }
-    // 05.png keeps its header but its pixel data is destroyed; 17.png disappears after the scan.
+    // 05.png keeps its header but its pixel data is destroyed; 17.png disappears after the scan;
     let broken = dir.join("05.png");
     let mut bytes = std::fs::read(&broken).unwrap();
     let data = bytes.windows(4).position(|w| w == b"IDAT").unwrap() + 8;
     bytes[data..data + 40].iter_mut().for_each(|b| *b = 0xA5);
     std::fs::write(&broken, bytes).unwrap();
+    // 09.jpg, a JPEG cut in the middle of its scan data: its headers are whole.
+    let jpeg = dir.join("09.jpg");
+    image::DynamicImage::ImageRgb8(picture(24, 24, 9)).into_luma8().save(&jpeg).unwrap();
+    std::fs::remove_file(dir.join("09.png")).unwrap();
+    let bytes = std::fs::read(&jpeg).unwrap();
+    let scan = bytes.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap(); // start of scan: the headers end here
+    std::fs::write(&jpeg, &bytes[..scan + (bytes.len() - scan) / 2]).unwrap();
     let ds = open(&format!("folder:{}", dir.display()), &OpenOptions::default()).unwrap();
-    assert_eq!(ds.train.len(), 32, "both pass the header scan");
+    assert_eq!(ds.train.len(), 32, "all three pass the header scan");
     std::fs::remove_file(dir.join("17.png")).unwrap();
 
     let crop = Arc::new(MultiCrop::lejepa(24, 4, 2, 2));
@@ -124,8 +131,8 @@ fn files_that_break_after_the_scan_are_skipped_and_reported() {
         assert_eq!(loader.next().global.size(), [16, 1, 24, 24], "two epochs of full batches");
     }
     let failures = ds.unreadable();
-    assert_eq!(failures.len(), 2, "{failures:?}");
-    assert!(failures[0].contains("05.png") && failures[1].contains("17.png"), "{failures:?}");
+    assert_eq!(failures.len(), 3, "{failures:?}");
+    assert!(failures[0].contains("05.png") && failures[1].contains("09.jpg") && failures[2].contains("17.png"), "{failures:?}");
 }
 
 #[test]
