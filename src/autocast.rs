@@ -31,7 +31,7 @@ impl Drop for Bf16Autocast {
 }
 
 /// Runs `f` with CPU autocast off, then restores it: for the operators whose bf16 kernels are
-/// slower than their f32 ones on the CPU (attention: BENCHMARKS.md, change 14).
+/// slower than their f32 ones on the CPU (attention; the timings are in BENCHMARKS.md).
 pub fn without_cpu_autocast<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: the shim only flips libtorch's thread-local autocast state; restored below.
     let was_enabled = unsafe { lejepa_autocast_set_enabled(0, false) };

@@ -73,10 +73,9 @@ pub fn drop_path(branch: Tensor, rate: f64, train: bool) -> Tensor {
 }
 
 /// `[B, T, 3, heads, head_dim]` → q, k, v (or `[B, T, 2, …]` → k, v) as `[B, heads, T, head_dim]` views, split with unbind
-/// (three `select`s would each give a backward that zero-fills a whole qkv-sized gradient:
-/// BENCHMARKS.md, change 13) on the axis where the linear layer put them. timm permutes that axis
+/// (three `select`s would each give a backward that zero-fills a whole qkv-sized gradient) on the axis where the linear layer put them. timm permutes that axis
 /// to the front first; unbinding it in place makes the backward stack the three gradients straight
-/// into the layer's [B, T, 3·width] layout, one copy fewer (change 16).
+/// into the layer's [B, T, 3·width] layout, one copy fewer.
 fn split_heads<const N: usize>(packed: &Tensor) -> [Tensor; N] {
     packed.unbind(2).iter().map(|x| x.transpose(1, 2)).collect::<Vec<_>>().try_into().unwrap()
 }
@@ -87,7 +86,7 @@ const PLAIN_ATTENTION_MAX_QUERIES: i64 = 32;
 /// softmax(q·kᵀ/√head_dim)·v, q `[B, heads, queries, head_dim]`, k and v `[B, heads, T, head_dim]`.
 /// libtorch's fused kernel, except for few queries on the CPU (the local crops' 10 tokens, the last
 /// block's class token), where its blocking costs more than it saves: at 10 tokens the three plain
-/// products take half its time, and from 50 tokens on it is as fast or faster (BENCHMARKS.md, change 17).
+/// products take half its time, and from 50 tokens on it is as fast or faster (timings in BENCHMARKS.md).
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
     let (_, _, queries, head_dim) = q.size4().unwrap();
     if q.device() == Device::Cpu && queries <= PLAIN_ATTENTION_MAX_QUERIES {
@@ -117,7 +116,7 @@ impl Block {
     /// `x`: `[B, T, width]` → `[B, T, width]`, or `[B, 1, width]` (the class token alone) when
     /// `class_token_only`: the last block's other tokens feed nothing (the embedding and the probe
     /// read class tokens), so there it needs every token's keys and values but the query, attention
-    /// output and MLP of the class token only, 10/12 of its products fewer (BENCHMARKS.md, change 18).
+    /// output and MLP of the class token only, 10/12 of its products fewer.
     fn forward(&self, x: &Tensor, train: bool, class_token_only: bool) -> Tensor {
         let (b, t, d) = x.size3().unwrap();
         let head_dim = d / self.heads;
@@ -135,8 +134,8 @@ impl Block {
         };
         let queries = q.size()[2];
         let attended = if q.kind() == Kind::BFloat16 && q.device() == Device::Cpu {
-            // libtorch's bf16 attention backward on the CPU is 3–10× slower than its f32 one
-            // (BENCHMARKS.md, change 14): under bf16 autocast, attention alone runs in f32 there.
+            // libtorch's bf16 attention backward on the CPU is 3–10× slower than its f32 one, so under
+            // bf16 autocast attention alone runs in f32 there.
             let f32 = |x: &Tensor| x.to_kind(Kind::Float);
             crate::autocast::without_cpu_autocast(|| attention(&f32(&q), &f32(&k), &f32(&v))).to_kind(Kind::BFloat16)
         } else {
@@ -226,7 +225,7 @@ mod tests {
     use super::*;
 
     /// The plain products and libtorch's fused (flash) kernel compute the same attention, values and
-    /// gradients to f32 rounding, on the strided q, k, v views the blocks pass (change 16).
+    /// gradients to f32 rounding, on the strided q, k, v views the blocks pass (unbound in place, not copied).
     #[test]
     fn plain_attention_matches_the_fused_kernel() {
         tch::manual_seed(0);
@@ -248,8 +247,7 @@ mod tests {
     }
 
     /// The last block's class-token-only path computes what the whole block computes at the class
-    /// token, values and the gradients of its input and every parameter (change 18), with and
-    /// without LayerScale.
+    /// token, values and the gradients of its input and every parameter, with and without LayerScale.
     #[test]
     fn class_token_only_block_matches_the_whole_block() {
         for layer_scale in [false, true] {

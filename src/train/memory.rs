@@ -97,7 +97,7 @@ pub fn measure_live_memory() {
 /// trimmed. A training step frees and re-allocates the same buffers every step; glibc's defaults
 /// map tensors above 32 MiB afresh each time and give the heap back above 64 MiB free, so each step
 /// page-faulted its memory in again (143,000 faults per ViT step of `lejepa bench`, against 35–1,500
-/// so; BENCHMARKS.md, change 9). The cost: resident memory stays at the step's peak between steps.
+/// so; BENCHMARKS.md). The cost: resident memory stays at the step's peak between steps.
 /// This holds for the main thread's heap, where training runs; other threads' arenas still map any
 /// buffer larger than their 64 MiB heaps.
 pub fn run_fast() {
