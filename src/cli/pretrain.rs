@@ -196,16 +196,13 @@ fn check_resumable(saved: &Config, resolved: &Config, dir: &std::path::Path) -> 
     let mut keys: Vec<&String> = before.keys().chain(after.keys()).collect();
     keys.sort();
     keys.dedup();
-    let changed: Vec<String> = keys
-        .into_iter()
-        .filter(|key| before.get(*key) != after.get(*key))
-        .map(|key| {
-            let show = |v: Option<&toml::Value>| v.map_or("unset".to_string(), |v| v.to_string());
-            format!("{key} ({} → {})", show(before.get(key)), show(after.get(key)))
-        })
-        .collect();
-    let (allowed, refused): (Vec<String>, Vec<String>) =
-        changed.into_iter().partition(|c| RESUMABLE_CHANGES.iter().any(|k| c.starts_with(&format!("{k} ("))));
+    let describe = |keys: Vec<&String>| -> Vec<String> {
+        let show = |v: Option<&toml::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+        keys.into_iter().map(|key| format!("{key} ({} → {})", show(before.get(key)), show(after.get(key)))).collect()
+    };
+    let (allowed, refused): (Vec<&String>, Vec<&String>) =
+        keys.into_iter().filter(|key| before.get(*key) != after.get(*key)).partition(|key| RESUMABLE_CHANGES.contains(&key.as_str()));
+    let (allowed, refused) = (describe(allowed), describe(refused));
     anyhow::ensure!(
         refused.is_empty(),
         "--resume {}: these settings differ from the run's config.toml: {}. A resumed run continues the same run; \

@@ -46,12 +46,9 @@ pub fn combinations(grid: &str) -> Result<Vec<(String, Vec<(String, String)>)>> 
 
 /// The config with grid values laid over it (numbers as TOML numbers, anything else as a string).
 fn apply(config: &Config, combo: &[(String, String)]) -> Result<Config> {
-    let mut table = toml::Table::try_from(config)?;
-    if combo.iter().any(|(k, _)| k == "epochs") && !combo.iter().any(|(k, _)| k == "steps") {
-        // A grid over epochs: the schedule spans them, not a preset's step count (as the --epochs flag).
-        table.remove("steps");
-        table.remove("warmup_steps");
-    }
+    let mut config = config.clone();
+    config.clear_replaced(|key| combo.iter().any(|(k, _)| k == key)); // as the flags of the same names do
+    let mut table = toml::Table::try_from(&config)?;
     for (key, value) in combo {
         ensure!(table.contains_key(key) || ["max_steps", "steps", "warmup_steps", "final_probe_images"].contains(&key.as_str()), "--grid: unknown config key '{key}'");
         let parsed = format!("v = {value}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(value.clone()));

@@ -265,6 +265,21 @@ impl Config {
         (self, reasons)
     }
 
+    /// Clears what a newly `given` key replaces under another name: `epochs` a step-counted schedule (unless
+    /// `steps` is given too), `warmup_epochs` a step-counted warm-up, `augment_file` the crop scales. Used for a
+    /// new run's flags and for a sweep's grid keys alike.
+    pub fn clear_replaced(&mut self, given: impl Fn(&str) -> bool) {
+        if given("epochs") && !given("steps") {
+            (self.steps, self.warmup_steps) = (None, None);
+        }
+        if given("warmup_epochs") && !given("warmup_steps") {
+            self.warmup_steps = None;
+        }
+        if given("augment_file") {
+            (self.global_scale, self.local_scale) = (None, None);
+        }
+    }
+
     /// A preset with a TOML file's keys laid over it (any subset of the fields).
     pub fn from_preset_and_file(preset: &str, file: Option<&Path>) -> Result<Config> {
         Config::layered(Config::preset(preset)?, file)
@@ -524,19 +539,17 @@ impl ConfigArgs {
         self.resolve_over(self.fresh(Config::from_preset_and_file(&self.preset, self.config.as_deref())?))
     }
 
-    /// A new run's preset (and file) with what the flags replace by another name cleared: `--epochs` a
-    /// step-counted schedule, `--warmup-epochs` a step-counted warm-up, `--augment-file` the crop scales.
+    /// A new run's preset (and file) with what the flags replace by another name cleared (`Config::clear_replaced`).
     /// (A resumed run keeps its own: see `resolve_over`.)
     fn fresh(&self, mut c: Config) -> Config {
-        if self.epochs.is_some() && self.steps.is_none() {
-            (c.steps, c.warmup_steps) = (None, None);
-        }
-        if self.warmup_epochs.is_some() && self.warmup_steps.is_none() {
-            c.warmup_steps = None;
-        }
-        if self.augment_file.is_some() {
-            (c.global_scale, c.local_scale) = (None, None);
-        }
+        c.clear_replaced(|key| match key {
+            "epochs" => self.epochs.is_some(),
+            "steps" => self.steps.is_some(),
+            "warmup_epochs" => self.warmup_epochs.is_some(),
+            "warmup_steps" => self.warmup_steps.is_some(),
+            "augment_file" => self.augment_file.is_some(),
+            _ => false,
+        });
         c
     }
 

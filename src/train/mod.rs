@@ -519,17 +519,19 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         progress.set_message(format!("loss {loss:.4} inv {invariance:.4} sigreg {sigreg:.3} lr {lr:.2e} {images_per_second:.0} img/s"));
         progress.set_position(step);
         // Time estimate from this process's second and third steps (the first also warms up kernels and memory).
-        warmup_times.push(step_seconds);
-        if leader && warmup_times.len() == 3 {
-            let per_step = (warmup_times[1] + warmup_times[2]) / 2.0;
-            let duration = |steps: u64| {
-                let minutes = steps as f64 * per_step / 60.0;
-                if minutes < 120.0 { format!("{minutes:.0} min") } else { format!("{:.1} h", minutes / 60.0) }
-            };
-            progress.suspend(|| eprintln!(
-                "a step takes about {per_step:.1} s: the {} steps left ≈ {}; one epoch ({steps_per_epoch} steps) ≈ {}",
-                last_step - step, duration(last_step - step), duration(steps_per_epoch)
-            ));
+        if warmup_times.len() < 3 {
+            warmup_times.push(step_seconds);
+            if leader && warmup_times.len() == 3 {
+                let per_step = (warmup_times[1] + warmup_times[2]) / 2.0;
+                let duration = |steps: u64| {
+                    let minutes = steps as f64 * per_step / 60.0;
+                    if minutes < 120.0 { format!("{minutes:.0} min") } else { format!("{:.1} h", minutes / 60.0) }
+                };
+                progress.suspend(|| eprintln!(
+                    "a step takes about {per_step:.1} s: the {} steps left ≈ {}; one epoch ({steps_per_epoch} steps) ≈ {}",
+                    last_step - step, duration(last_step - step), duration(steps_per_epoch)
+                ));
+            }
         }
 
         let end_of_epoch = step % steps_per_epoch == 0 || step == last_step;
