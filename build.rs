@@ -50,7 +50,8 @@ fn main() {
 
     // The C++ shims, compiled against the wheel's headers: bf16 autocast (src/shim/autocast.cpp),
     // AdamW's fused update (src/shim/optim.cpp), the operator profiler for `lejepa bench --profile`
-    // (src/shim/profiler.cpp), host-to-GPU copies (src/shim/cuda_memory.cpp), MKL's kernel choice on
+    // (src/shim/profiler.cpp), host-to-GPU copies (src/shim/cuda_memory.cpp), channels-last copies
+    // (src/shim/memory_format.cpp), MKL's kernel choice on
     // AMD CPUs (src/shim/mkl_dispatch.cpp) and
     // c10d (src/shim/distributed.cpp; gloo's own headers are not in the wheel, src/shim/gloo declares
     // the names torch's header mentions). NCCL, the CUDA allocator's counters and the fused CUDA
@@ -65,6 +66,7 @@ fn main() {
             .file("src/shim/distributed.cpp")
             .file("src/shim/cuda_memory.cpp")
             .file("src/shim/mkl_dispatch.cpp")
+            .file("src/shim/memory_format.cpp")
             .file("src/shim/optim.cpp")
             .file("src/shim/profiler.cpp")
             .include(root.join("include"))

@@ -10,6 +10,7 @@ pub mod mkl_dispatch;
 pub mod models;
 pub mod npy;
 pub mod objective;
+pub mod optim;
 pub mod select;
 pub mod sigreg;
 pub mod train;

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::{CHILD_DEADLINE, OutputWithin};
+
 use std::path::Path;
 use std::process::Command;
 
@@ -75,8 +77,7 @@ fn profiles_show_the_references_matrix_products_less_zero_filling_and_f32_attent
         .args(["bench", "--workloads", "model", "--model-archs", "vit-tiny-patch4-depth6", "--precisions", "f32,bf16"])
         .args(["--rounds", "1", "--reps", "1", "--steps", "1", "--batch-size", "8", "--threads", "1", "--profile"])
         .arg(&*dir)
-        .output()
-        .unwrap();
+        .output_within(CHILD_DEADLINE);
     assert!(out.status.success(), "lejepa bench failed: {}", String::from_utf8_lossy(&out.stderr));
     let ours = operators(&dir.join("vit-tiny-patch4-depth6-f32-lejepa.json"));
     let theirs = operators(&dir.join("vit-tiny-patch4-depth6-f32-reference.json"));

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::{CHILD_DEADLINE, OutputWithin};
+
 use std::path::Path;
 use std::process::Command;
 
@@ -10,7 +12,7 @@ use tch::{Kind, Tensor};
 
 
 fn diagnose(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).arg("diagnose").args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).arg("diagnose").args(args).output_within(CHILD_DEADLINE);
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tch::Tensor;
 
-use common::scratch;
+use common::{CHILD_DEADLINE, OutputWithin, scratch};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -38,7 +38,7 @@ fn run_dir(output: &Output) -> PathBuf {
 
 /// Starts `world` ranks of the same command; returns rank 0's output after all have exited.
 fn launch(world: usize, port: u16, command: impl Fn(usize) -> Command) -> Output {
-    let mut others: Vec<Child> = (1..world)
+    let others: Vec<Child> = (1..world)
         .map(|rank| {
             let mut cmd = command(rank);
             cmd.args(["--nodes", &world.to_string(), "--rank", &rank.to_string(), "--master-port", &port.to_string()]);
@@ -47,9 +47,9 @@ fn launch(world: usize, port: u16, command: impl Fn(usize) -> Command) -> Output
         .collect();
     let mut cmd = command(0);
     cmd.args(["--nodes", &world.to_string(), "--rank", "0", "--master-port", &port.to_string()]);
-    let output = cmd.output().unwrap();
-    for child in &mut others {
-        let status = child.wait().unwrap();
+    let output = cmd.output_within(CHILD_DEADLINE);
+    for (rank, child) in others.into_iter().enumerate() {
+        let status = common::wait_within(child, CHILD_DEADLINE, &format!("rank {} of {world}", rank + 1)).status;
         assert!(status.success() || !output.status.success(), "a non-zero rank failed while rank 0 succeeded");
     }
     output
@@ -91,7 +91,7 @@ fn max_relative_difference(a: &HashMap<String, Tensor>, b: &HashMap<String, Tens
 /// returns the scratch folder (removed when dropped) and the (single, distributed) run directories in it.
 fn single_and_distributed(arch: &str, name: &str, steps: &str, extra: &[&str]) -> (common::Scratch, PathBuf, PathBuf) {
     let out = scratch(name);
-    let single = run_dir(&pretrain(arch, 64, &[&["--max-steps", steps, "--out"], &[out.join("single").to_str().unwrap()][..], extra].concat()).output().unwrap());
+    let single = run_dir(&pretrain(arch, 64, &[&["--max-steps", steps, "--out"], &[out.join("single").to_str().unwrap()][..], extra].concat()).output_within(CHILD_DEADLINE));
     let port = free_port();
     let dist_out = out.join("distributed");
     let distributed = run_dir(&launch(2, port, |_| pretrain(arch, 32, &[&["--max-steps", steps, "--out", dist_out.to_str().unwrap()][..], extra].concat())));
@@ -136,7 +136,7 @@ fn two_gloo_processes_take_the_single_process_step_of_a_resnet_with_sync_batch_n
 fn a_group_of_one_takes_the_plain_single_process_step() {
     let arch = "resnet18-small";
     let out = scratch("one");
-    let plain = run_dir(&pretrain(arch, 64, &["--max-steps", "2", "--out", out.join("plain").to_str().unwrap()]).output().unwrap());
+    let plain = run_dir(&pretrain(arch, 64, &["--max-steps", "2", "--out", out.join("plain").to_str().unwrap()]).output_within(CHILD_DEADLINE));
     let group = run_dir(&launch(1, free_port(), |_| pretrain(arch, 64, &["--max-steps", "2", "--out", out.join("group").to_str().unwrap()])));
     assert_same_step(&plain, &group, "group of one");
 }
@@ -145,7 +145,7 @@ fn a_group_of_one_takes_the_plain_single_process_step() {
 fn a_distributed_run_resumes_as_a_group_onto_the_uninterrupted_run() {
     let arch = "vit-tiny-patch4-depth2";
     let out = scratch("resume");
-    let single = run_dir(&pretrain(arch, 64, &["--max-steps", "4", "--out", out.join("single").to_str().unwrap()]).output().unwrap());
+    let single = run_dir(&pretrain(arch, 64, &["--max-steps", "4", "--out", out.join("single").to_str().unwrap()]).output_within(CHILD_DEADLINE));
     let dist_out = out.join("distributed");
     let first = run_dir(&launch(2, free_port(), |_| pretrain(arch, 32, &["--max-steps", "2", "--out", dist_out.to_str().unwrap()])));
     let resumed = run_dir(&launch(2, free_port(), |_| {
@@ -161,14 +161,24 @@ fn a_distributed_run_resumes_as_a_group_onto_the_uninterrupted_run() {
 fn when_a_rank_dies_the_others_stop_with_a_clear_message() {
     let out = scratch("dies");
     let port = free_port();
-    let started = Instant::now();
-    let output = launch(2, port, |rank| {
+    let group = ["--nodes", "2", "--master-port", &port.to_string()];
+    let run = |rank: &str| {
         let mut cmd = pretrain("resnet18-small", 32, &["--max-steps", "50", "--dist-timeout", "60", "--out", out.to_str().unwrap()]);
-        if rank == 1 {
-            cmd.env("LEJEPA_FAULT_EXIT_STEP", "2");
-        }
-        cmd
-    });
+        cmd.args(group).args(["--rank", rank]).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let (rank0, mut rank1) = (run("0"), run("1"));
+    // Rank 1 is killed (SIGKILL, as the OOM killer would) once the group has taken a step together.
+    let metrics = || std::fs::read_dir(&*out).ok()?.flatten().map(|e| e.path().join("metrics.jsonl")).find(|p| p.exists());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !metrics().is_some_and(|p| std::fs::read_to_string(p).is_ok_and(|text| text.lines().count() >= 1)) {
+        assert!(Instant::now() < deadline, "the group took no step in 5 minutes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rank1.kill().unwrap();
+    rank1.wait().unwrap();
+    let started = Instant::now();
+    let output = common::wait_within(rank0, Duration::from_secs(120), "rank 0 after rank 1 was killed");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "rank 0 must fail when rank 1 is gone");
     assert!(stderr.contains("rank 0 of 2") && stderr.contains("another process"), "unclear message: {stderr}");
@@ -178,7 +188,7 @@ fn when_a_rank_dies_the_others_stop_with_a_clear_message() {
     // A group that never fills up gives up after --dist-timeout.
     let started = Instant::now();
     let mut alone = pretrain("vit-tiny-patch4-depth2", 32, &["--nodes", "2", "--rank", "0", "--dist-timeout", "2"]);
-    let output = alone.args(["--master-port", &free_port().to_string(), "--out", out.to_str().unwrap()]).output().unwrap();
+    let output = alone.args(["--master-port", &free_port().to_string(), "--out", out.to_str().unwrap()]).output_within(CHILD_DEADLINE);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("could not join"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(30), "the rendezvous must time out");

@@ -7,10 +7,10 @@ mod common;
 
 use std::process::Command;
 
-use common::scratch;
+use common::{CHILD_DEADLINE, OutputWithin, scratch};
 
 fn lejepa(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lejepa")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_lejepa")).args(args).output_within(CHILD_DEADLINE)
 }
 
 /// The default job's code path end to end on digits (a short schedule instead of 160 steps): the

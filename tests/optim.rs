@@ -1,7 +1,7 @@
-//! AdamW (ATen's fused kernel behind `lejepa::train::optim::AdamW`) against torch.optim.AdamW's
+//! AdamW (ATen's fused kernel behind `lejepa::optim::AdamW`) against torch.optim.AdamW's
 //! update written out tensor by tensor, over several steps with changing learning rates.
 
-use lejepa::train::optim::AdamW;
+use lejepa::optim::AdamW;
 use tch::{Kind, Tensor};
 
 /// torch.optim.AdamW's documented update, one parameter at a time (f64 throughout).

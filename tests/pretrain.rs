@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::scratch;
+use common::{CHILD_DEADLINE, OutputWithin, scratch};
 
 /// A small but real configuration: ViT with 2 blocks on 8×8 digits, 2 global + 2 local views.
 fn tiny(out: &Path, extra: &[&str]) -> Command {
@@ -40,7 +40,7 @@ fn losses(run_dir: &Path) -> Vec<(u64, f64)> {
 #[test]
 fn loss_goes_down_and_the_run_reports_everything() {
     let out = scratch("down");
-    let s = summary(&tiny(&out, &["--checkpoint-every", "20", "--keep-backbones"]).output().unwrap());
+    let s = summary(&tiny(&out, &["--checkpoint-every", "20", "--keep-backbones"]).output_within(CHILD_DEADLINE));
     let train_images = lejepa::data::open("digits", &Default::default()).unwrap().train.len() as u64;
     assert_eq!(s["steps"], 3 * (train_images / 64), "3 epochs of whole batches of 64");
     let run_dir = PathBuf::from(s["run_dir"].as_str().unwrap());
@@ -68,7 +68,7 @@ fn loss_goes_down_and_the_run_reports_everything() {
     // meta.json names the commit the binary was built from: in a checkout, HEAD as cargo built it
     // for this test (a binary left from before a commit would name the previous one).
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("meta.json")).unwrap()).unwrap();
-    let head = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
+    let head = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(env!("CARGO_MANIFEST_DIR")).output_within(CHILD_DEADLINE);
     if head.status.success() {
         assert_eq!(meta["git_commit"].as_str().unwrap(), String::from_utf8_lossy(&head.stdout).trim());
     }
@@ -77,7 +77,7 @@ fn loss_goes_down_and_the_run_reports_everything() {
 #[test]
 fn a_killed_run_resumes_onto_the_uninterrupted_loss_curve() {
     let out = scratch("resume");
-    let reference = summary(&tiny(&out.join("a"), &["--max-steps", "12", "--drop-path", "0.1"]).output().unwrap());
+    let reference = summary(&tiny(&out.join("a"), &["--max-steps", "12", "--drop-path", "0.1"]).output_within(CHILD_DEADLINE));
     let reference = losses(Path::new(reference["run_dir"].as_str().unwrap()));
 
     // Same run, killed (SIGKILL) once its first checkpoint (every 4 steps) is on disk.
@@ -90,7 +90,7 @@ fn a_killed_run_resumes_onto_the_uninterrupted_loss_curve() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let resumed = summary(&tiny(&out.join("unused"), &["--resume", run_dir.to_str().unwrap()]).output().unwrap());
+    let resumed = summary(&tiny(&out.join("unused"), &["--resume", run_dir.to_str().unwrap()]).output_within(CHILD_DEADLINE));
     assert_eq!(resumed["steps"], 12);
     let curve = losses(&run_dir);
     assert_eq!(resumed["first_loss"].as_f64(), Some(curve[0].1), "first_loss is the run's first, not the resume's");
@@ -111,7 +111,7 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
         std::thread::sleep(Duration::from_millis(20));
     }
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    let s = summary(&child.wait_with_output().unwrap());
+    let s = summary(&common::wait_within(child, Duration::from_secs(120), "the run after Ctrl-C"));
     assert_eq!(s["interrupted"], true);
     let steps = s["steps"].as_u64().unwrap();
     assert!(steps >= 3 && steps < 1000, "stopped after {steps} steps");
@@ -125,9 +125,9 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
 #[test]
 fn resume_refuses_another_run_and_names_a_broken_checkpoint() {
     let out = scratch("resume-checks");
-    let first = summary(&tiny(&out, &["--max-steps", "2"]).output().unwrap());
+    let first = summary(&tiny(&out, &["--max-steps", "2"]).output_within(CHILD_DEADLINE));
     let run_dir = PathBuf::from(first["run_dir"].as_str().unwrap());
-    let resume = |extra: &[&str]| tiny(&out, &[extra, &["--resume", run_dir.to_str().unwrap()]].concat()).output().unwrap();
+    let resume = |extra: &[&str]| tiny(&out, &[extra, &["--resume", run_dir.to_str().unwrap()]].concat()).output_within(CHILD_DEADLINE);
 
     let refused = resume(&["--max-steps", "3", "--lr", "5e-3", "--local-views", "1"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -162,14 +162,14 @@ fn resume_refuses_another_run_and_names_a_broken_checkpoint() {
 fn a_nan_stops_the_run_and_keeps_the_last_good_checkpoint() {
     for (poisoned, expected) in [("backbone.blocks.0.attn.qkv.weight", "the loss is not finite"), ("probe.linear.weight", "the gradient of probe.linear.")] {
         let out = scratch("nan");
-        let run_dir = PathBuf::from(summary(&tiny(&out, &["--max-steps", "6"]).output().unwrap())["run_dir"].as_str().unwrap());
+        let run_dir = PathBuf::from(summary(&tiny(&out, &["--max-steps", "6"]).output_within(CHILD_DEADLINE))["run_dir"].as_str().unwrap());
         let checkpoint = run_dir.join("checkpoint.safetensors");
         let mut tensors = tch::Tensor::read_safetensors(&checkpoint).unwrap();
         let weight = &mut tensors.iter_mut().find(|(n, _)| n == poisoned).unwrap_or_else(|| panic!("no {poisoned}")).1;
         let _ = weight.get(0).get(0).fill_(f64::NAN);
         tch::Tensor::write_safetensors(&tensors, &checkpoint).unwrap();
         let before = std::fs::read(&checkpoint).unwrap();
-        let output = tiny(&out, &["--max-steps", "9", "--resume", run_dir.to_str().unwrap()]).output().unwrap();
+        let output = tiny(&out, &["--max-steps", "9", "--resume", run_dir.to_str().unwrap()]).output_within(CHILD_DEADLINE);
         assert!(!output.status.success());
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("step 6") && stderr.contains(expected) && stderr.contains("not finite"), "{poisoned}: {stderr}");
@@ -182,14 +182,14 @@ fn a_nan_stops_the_run_and_keeps_the_last_good_checkpoint() {
 fn bad_config_values_are_rejected_before_training() {
     let out = scratch("bad");
     for (flag, value, expected) in [("--lambda", "1.5", "lambda"), ("--arch", "vit-giant", "unknown architecture"), ("--preset", "huge", "unknown preset")] {
-        let output = tiny(&out, &[flag, value]).output().unwrap();
+        let output = tiny(&out, &[flag, value]).output_within(CHILD_DEADLINE);
         assert!(!output.status.success());
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(expected), "{flag} {value}: {stderr}");
     }
     let config = out.join("bad.toml");
     std::fs::write(&config, "lamda = 0.1\n").unwrap();
-    let output = tiny(&out, &["--config", config.to_str().unwrap()]).output().unwrap();
+    let output = tiny(&out, &["--config", config.to_str().unwrap()]).output_within(CHILD_DEADLINE);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("bad.toml") && stderr.contains("lamda"), "{stderr}");
 }
@@ -200,7 +200,7 @@ fn a_lambda_small_for_the_batch_is_warned_about() {
     // Batch 64 (tiny's): λ 0.01 gives N·λ 0.64, the balance at which RESULTS.md saw the embedding narrow to one or
     // two directions; the default λ 0.05 gives 3.2.
     let stderr = |lambda: &str| {
-        let output = tiny(&out.join(lambda), &["--lambda", lambda, "--max-steps", "1"]).output().unwrap();
+        let output = tiny(&out.join(lambda), &["--lambda", lambda, "--max-steps", "1"]).output_within(CHILD_DEADLINE);
         summary(&output);
         String::from_utf8_lossy(&output.stderr).into_owned()
     };
@@ -212,7 +212,7 @@ fn a_lambda_small_for_the_batch_is_warned_about() {
 #[test]
 fn bf16_autocast_on_cpu_runs_in_bf16_and_tracks_f32() {
     let out = scratch("bf16");
-    let run = |precision: &str| summary(&tiny(&out.join(precision), &["--max-steps", "12", "--precision", precision]).output().unwrap());
+    let run = |precision: &str| summary(&tiny(&out.join(precision), &["--max-steps", "12", "--precision", precision]).output_within(CHILD_DEADLINE));
     let (f32_run, bf16_run) = (run("f32"), run("bf16"));
     let first = |s: &serde_json::Value| s["first_loss"].as_f64().unwrap();
     let last = |s: &serde_json::Value| s["final_loss"].as_f64().unwrap();
@@ -230,8 +230,7 @@ fn a_run_that_cannot_fit_in_memory_says_so_before_training() {
     let output = Command::new(env!("CARGO_BIN_EXE_lejepa"))
         .args(["pretrain", "--preset", "cpu-small", "--arch", "vit-base-patch4", "--batch-size", "60000", "--workers", "1", "--out"])
         .arg(out.as_os_str())
-        .output()
-        .unwrap();
+        .output_within(CHILD_DEADLINE);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("needs about") && stderr.contains("available") && stderr.contains("--batch-size"), "{stderr}");
@@ -246,8 +245,8 @@ fn mkl_kernel_choice_changes_the_speed_not_the_losses() {
     // are different kernels (summing in another order); on an Intel one the same. Either way the
     // losses of the first steps agree to f32 rounding.
     let out = scratch("mkl");
-    let forced = tiny(&out.join("forced"), &["--max-steps", "3"]).output().unwrap();
-    let own = tiny(&out.join("own"), &["--max-steps", "3"]).env("LEJEPA_MKL_VENDOR_CHECK", "1").output().unwrap();
+    let forced = tiny(&out.join("forced"), &["--max-steps", "3"]).output_within(CHILD_DEADLINE);
+    let own = tiny(&out.join("own"), &["--max-steps", "3"]).env("LEJEPA_MKL_VENDOR_CHECK", "1").output_within(CHILD_DEADLINE);
     let (forced, own) = (summary(&forced), summary(&own));
     let curve = |s: &serde_json::Value| losses(&PathBuf::from(s["run_dir"].as_str().unwrap()));
     let (forced, own) = (curve(&forced), curve(&own));
@@ -271,9 +270,9 @@ fn a_resnet_run_saved_with_a_narrower_online_probe_resumes_with_a_fresh_probe() 
             .args(extra);
         cmd
     };
-    let reference = summary(&resnet("a", &["--max-steps", "4"]).output().unwrap());
+    let reference = summary(&resnet("a", &["--max-steps", "4"]).output_within(CHILD_DEADLINE));
     let reference = losses(Path::new(reference["run_dir"].as_str().unwrap()));
-    let run = summary(&resnet("b", &["--max-steps", "2", "--checkpoint-every", "2"]).output().unwrap());
+    let run = summary(&resnet("b", &["--max-steps", "2", "--checkpoint-every", "2"]).output_within(CHILD_DEADLINE));
     let run_dir = PathBuf::from(run["run_dir"].as_str().unwrap());
 
     // Make its checkpoint's online probe (weights and AdamW moments) half as wide, as the old ones were.
@@ -290,7 +289,7 @@ fn a_resnet_run_saved_with_a_narrower_online_probe_resumes_with_a_fresh_probe() 
     assert_eq!(tensors.iter().filter(|(n, t)| n.contains("probe") && t.size().last() == Some(&512)).count(), 9, "the LayerNorm's weight and bias, the linear weight, and their two AdamW moments");
     tch::Tensor::write_safetensors(&tensors, &checkpoint).unwrap();
 
-    let resumed = resnet("unused", &["--max-steps", "4", "--resume", run_dir.to_str().unwrap()]).output().unwrap();
+    let resumed = resnet("unused", &["--max-steps", "4", "--resume", run_dir.to_str().unwrap()]).output_within(CHILD_DEADLINE);
     assert!(String::from_utf8_lossy(&resumed.stderr).contains("the online probe restarts"), "{}", String::from_utf8_lossy(&resumed.stderr));
     summary(&resumed);
     let curve = losses(&run_dir);

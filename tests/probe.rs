@@ -10,10 +10,10 @@ use std::process::Command;
 
 use tch::{Kind, Tensor};
 
-use common::scratch;
+use common::{CHILD_DEADLINE, OutputWithin, scratch};
 
 fn lejepa_json(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).args(args).output_within(CHILD_DEADLINE);
     assert!(out.status.success(), "lejepa {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap()
 }
@@ -37,7 +37,7 @@ fn pixel_baseline_lands_where_scikit_learn_logistic_regression_does() {
     Tensor::from_slice(ds.train.labels.as_ref().unwrap()).write_npy(dir.join("train_y.npy")).unwrap();
     Tensor::from_slice(ds.test.labels.as_ref().unwrap()).write_npy(dir.join("test_y.npy")).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/logreg.py");
-    let out = Command::new(&python).arg(script).arg(dir.as_os_str()).output().unwrap();
+    let out = Command::new(&python).arg(script).arg(dir.as_os_str()).output_within(CHILD_DEADLINE);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reference: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let reference = reference["accuracy"].as_f64().unwrap();
@@ -86,7 +86,7 @@ fn probe_a_run_with_few_shots_and_baselines_then_embed_and_diagnose() {
     // Embeddings (+ labels) that `lejepa diagnose` reads.
     let emb_dir = scratch("emb");
     let emb = emb_dir.join("test.npy");
-    let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).args(["embed", "--run", run, "--out", emb.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).args(["embed", "--run", run, "--out", emb.to_str().unwrap()]).output_within(CHILD_DEADLINE);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let embeddings = Tensor::read_npy(&emb).unwrap();
     let labels = Tensor::read_npy(emb.with_file_name("test_labels.npy")).unwrap();
@@ -100,8 +100,7 @@ fn probe_a_run_with_few_shots_and_baselines_then_embed_and_diagnose() {
     let projected = emb_dir.join("projected.npy");
     let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
         .args(["embed", "--run", run, "--projector", "--out", projected.to_str().unwrap()])
-        .output()
-        .unwrap();
+        .output_within(CHILD_DEADLINE);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let z = Tensor::read_npy(&projected).unwrap();
     let checkpoint: HashMap<String, Tensor> =
@@ -120,15 +119,14 @@ fn probe_a_run_with_few_shots_and_baselines_then_embed_and_diagnose() {
     let from_backbone_file = Command::new(env!("CARGO_BIN_EXE_lejepa"))
         .args(["embed", "--checkpoint", Path::new(run).join("backbone.safetensors").to_str().unwrap()])
         .args(["--arch", "vit-tiny-patch4-depth2", "--data", "digits", "--projector", "--out", projected.to_str().unwrap()])
-        .output()
-        .unwrap();
+        .output_within(CHILD_DEADLINE);
     let refused = !from_backbone_file.status.success() && String::from_utf8_lossy(&from_backbone_file.stderr).contains("--run");
     assert!(refused, "a backbone file has no projector: {}", String::from_utf8_lossy(&from_backbone_file.stderr));
 }
 
 #[test]
 fn probing_without_a_model_or_with_unlabeled_data_says_why() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).args(["probe", "--data", "digits"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).args(["probe", "--data", "digits"]).output_within(CHILD_DEADLINE);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--run"));
 }

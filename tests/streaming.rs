@@ -13,7 +13,7 @@ use lejepa::data::store::{Store, decode};
 use lejepa::data::{OpenOptions, Split, open, stratified_subset};
 use tch::{Kind, Tensor};
 
-use common::scratch;
+use common::{CHILD_DEADLINE, OutputWithin, scratch};
 
 /// A smooth colour picture with some detail, different for each `seed`.
 fn picture(width: u32, height: u32, seed: u32) -> image::RgbImage {
@@ -201,8 +201,7 @@ fn pretraining_on_a_folder_larger_than_memory_keeps_memory_bounded() {
         .args(["pretrain", "--preset", "cpu-small", "--data", &format!("folder:{}", folder.display()), "--global-size", "32", "--batch-size", "32"])
         .args(["--max-steps", "3", "--threads", "2", "--json", "--out"])
         .arg(dir.join("runs"))
-        .output()
-        .unwrap();
+        .output_within(CHILD_DEADLINE);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let stdout = String::from_utf8_lossy(&output.stdout);

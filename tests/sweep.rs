@@ -3,10 +3,12 @@
 
 mod common;
 
+use common::{CHILD_DEADLINE, OutputWithin};
+
 use std::process::Command;
 
 fn lejepa(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lejepa")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_lejepa")).args(args).output_within(CHILD_DEADLINE)
 }
 
 #[test]

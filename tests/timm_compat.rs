@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{CHILD_DEADLINE, OutputWithin};
+
 use std::path::Path;
 use std::process::Command;
 
@@ -55,8 +57,7 @@ fn timm_check(python: &Path, mode: &str, name: &str, img_size: i64, in_chans: i6
         .args([mode, "--name", name, "--img-size", &img_size.to_string(), "--in-chans", &in_chans.to_string()])
         .args(["--dir", dir.to_str().unwrap()])
         .args(extra)
-        .output()
-        .unwrap();
+        .output_within(CHILD_DEADLINE);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "timm_check {mode} {name}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
     eprintln!("{stdout}");
@@ -153,7 +154,7 @@ fn the_printed_timm_line_builds_the_same_network() {
              x = torch.from_numpy(numpy.load(sys.argv[1] + '/input.npy'))\n\
              numpy.save(sys.argv[1] + '/theirs.npy', model.eval()(x).detach().numpy())\n"
         );
-        let out = std::process::Command::new(&python).args(["-c", &script, dir.to_str().unwrap()]).output().unwrap();
+        let out = std::process::Command::new(&python).args(["-c", &script, dir.to_str().unwrap()]).output_within(CHILD_DEADLINE);
         assert!(out.status.success(), "{arch}: {line}\n{}", String::from_utf8_lossy(&out.stderr));
         let theirs = Tensor::read_npy(dir.join("theirs.npy")).unwrap();
         let diff = max_abs_diff(&ours, &theirs);

@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::{CHILD_DEADLINE, OutputWithin};
+
 use std::process::Command;
 
 #[test]
@@ -12,8 +14,7 @@ fn views_are_drawn_with_the_configured_recipe() {
         let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
             .args(["views", "--data", "digits", "--rows", "3", "--arch", "resnet18-small", "--out", png.to_str().unwrap()])
             .args(extra)
-            .output()
-            .unwrap();
+            .output_within(CHILD_DEADLINE);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).to_string()
     };
@@ -36,8 +37,7 @@ fn views_are_drawn_with_the_configured_recipe() {
     std::fs::write(&path, recipe.replace("size = 16", "sise = 16")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
         .args(["views", "--data", "digits", "--augment-file", path.to_str().unwrap(), "--out", png.to_str().unwrap()])
-        .output()
-        .unwrap();
+        .output_within(CHILD_DEADLINE);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("recipe.toml") && stderr.contains("sise"), "{stderr}");
 }

@@ -115,8 +115,8 @@ def backbone(arch, in_chans, img_size):
         return timm.models.vision_transformer.VisionTransformer(
             img_size=img_size, patch_size=4, in_chans=in_chans, num_classes=0, embed_dim=192, depth=6,
             num_heads=3, dynamic_img_size=True)
-    model = timm.create_model("resnet18", num_classes=0, in_chans=in_chans)  # lejepa's resnet18-small
-    model.conv1 = nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False)
+    model = timm.create_model("resnet18", num_classes=0, in_chans=in_chans)  # lejepa's resnet18-small[-stride2]
+    model.conv1 = nn.Conv2d(in_chans, 64, 3, 2 if arch == "resnet-stride2" else 1, 1, bias=False)
     model.maxpool = nn.Identity()
     return model
 
@@ -440,7 +440,7 @@ def train(a):
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=["model", "sigreg", "pipeline", "views", "train"])
-    p.add_argument("--arch", choices=["vit", "resnet"], default="vit")
+    p.add_argument("--arch", choices=["vit", "resnet", "resnet-stride2"], default="vit")
     p.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--global-views", type=int, default=2)

@@ -18,10 +18,10 @@ use crate::data::loader::{Loader, LoaderConfig};
 use crate::distributed::take_string;
 use crate::models::{Arch, Encoder};
 use crate::objective::LeJepaObjective;
+use crate::optim::{AdamW, trainable};
 use crate::sigreg::SigReg;
+use crate::train::{ForwardOptions, Views, lejepa_forward};
 use crate::train::memory::{cuda_empty_cache, cuda_peak_growth, measure_live_memory, minor_page_faults, peak_growth, run_fast};
-use crate::train::optim::AdamW;
-use crate::train::{lejepa_forward, trainable};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -234,7 +234,8 @@ fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device, first_rou
     let local = Tensor::randn([4 * n, 1, 12, 12], (Kind::Float, device));
     let mut step = |i: u64| -> Result<()> {
         optimizer.zero_grad();
-        lejepa_forward(&encoder, &objective, &global, Some(&local), 2, i, bf16, true, None)?.0.loss.backward();
+        let views = Views { global: &global, local: Some(&local), global_views: 2 };
+        lejepa_forward(&encoder, &objective, &views, ForwardOptions { step: i, bf16, train: true, group: None })?.0.loss.backward();
         optimizer.step(1e-3);
         sync(device);
         Ok(())
@@ -309,7 +310,9 @@ fn our_pipeline(args: &Args, data: &str, steps: usize, bf16: bool, device: Devic
         wait += w.elapsed().as_secs_f64();
         optimizer.zero_grad();
         let local = batch.local.as_ref().map(|l| l.to_device(device));
-        lejepa_forward(&encoder, &objective, &batch.global.to_device(device), local.as_ref(), 2, i as u64, bf16, true, None)?.0.loss.backward();
+        let global = batch.global.to_device(device);
+        let views = Views { global: &global, local: local.as_ref(), global_views: 2 };
+        lejepa_forward(&encoder, &objective, &views, ForwardOptions { step: i as u64, bf16, train: true, group: None })?.0.loss.backward();
         optimizer.step(1e-3);
     }
     sync(device);
@@ -421,7 +424,8 @@ pub fn run(args: Args) -> Result<()> {
             let ref_arch = match arch.as_str() {
                 "vit-tiny-patch4-depth6" => "vit",
                 "resnet18-small" => "resnet",
-                other => anyhow::bail!("--model-archs: the reference has vit-tiny-patch4-depth6 and resnet18-small, not {other}"),
+                "resnet18-small-stride2" => "resnet-stride2",
+                other => anyhow::bail!("--model-archs: the reference has vit-tiny-patch4-depth6, resnet18-small and resnet18-small-stride2, not {other}"),
             };
             for precision in args.precisions.iter().map(String::as_str) {
                 eprintln!("model step: {arch} {precision} …");

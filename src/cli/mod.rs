@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+pub mod config_args;
 pub mod data_args;
 mod diagnose;
 mod embed;

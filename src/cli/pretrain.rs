@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 
 use super::probe::probe_with_baselines;
 use crate::distributed::{Launch, ProcessGroup};
-use crate::train::config::{Config, ConfigArgs};
+use crate::cli::config_args::ConfigArgs;
+use crate::train::config::{ComputeDevice, Config, Precision};
 use crate::train::{new_run_dir, pretrain};
 
 #[derive(clap::Args)]
@@ -61,7 +62,7 @@ pub fn run(args: Args) -> Result<()> {
         config.out = out.clone();
     }
     let launch = Launch::resolve(
-        args.world_size, args.rank, args.master_addr.clone(), args.master_port, config.device.starts_with("cuda"),
+        args.world_size, args.rank, args.master_addr.clone(), args.master_port, config.device.is_cuda(),
         Duration::from_secs(args.dist_timeout),
     )?;
     let group = match &launch {
@@ -74,7 +75,7 @@ pub fn run(args: Args) -> Result<()> {
                     .or_else(|| info.payload().downcast_ref::<&str>().copied()).unwrap_or("panic");
                 eprintln!("error: {message}");
             }));
-            Some(Arc::new(ProcessGroup::join(launch, crate::train::parse_device(&config.device)?)?))
+            Some(Arc::new(ProcessGroup::join(launch, config.device.into())?))
         }
         None => None,
     };
@@ -105,7 +106,7 @@ pub fn run(args: Args) -> Result<()> {
             group.as_ref().map_or(String::new(), |g| format!(" per process, {} processes", g.world)),
         );
     }
-    if leader && config.precision == "bf16" && config.device == "cpu" {
+    if leader && config.precision == Precision::Bf16 && config.device == ComputeDevice::Cpu {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         if !cpuinfo.is_empty() && !crate::autocast::cpu_has_bf16_units(&cpuinfo) {
             eprintln!("warning: this CPU has no bf16 units (avx512_bf16 or amx_bf16); libtorch emulates bf16 here, and \
@@ -144,7 +145,7 @@ pub fn run(args: Args) -> Result<()> {
             let test_images = config.eval_images.unwrap_or(usize::MAX);
             eprintln!("final linear probe: this backbone, raw pixels and random init on {} training and {} test images",
                       images.min(dataset.train.len()), test_images.min(dataset.test.len()));
-            let baselines = probe_with_baselines(&summary.run_dir, &dataset, images, test_images, &config.device)?;
+            let baselines = probe_with_baselines(&summary.run_dir, &dataset, images, test_images, &config.device.to_string())?;
             std::fs::write(summary.run_dir.join("final-probe.json"), serde_json::to_string_pretty(&baselines)?)?;
             Some(baselines)
         }

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, ensure};
 
 use crate::data::Dataset;
-use crate::train::config::{Config, ConfigArgs};
+use crate::cli::config_args::ConfigArgs;
+use crate::train::config::Config;
 use crate::train::pretrain;
 
 #[derive(clap::Args)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, ensure};
 
 use crate::data::augment::view_rng;
-use crate::train::config::ConfigArgs;
+use crate::cli::config_args::ConfigArgs;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -13,9 +13,9 @@ use crate::data::Split;
 use crate::data::augment::MultiCrop;
 use crate::data::loader::eval_batch;
 use crate::models::Backbone;
-use crate::train::LinearProbe;
-use crate::train::optim::AdamW;
-use crate::train::schedule::learning_rate;
+use crate::models::LinearProbe;
+use crate::optim::AdamW;
+use crate::optim::schedule::learning_rate;
 
 /// Which features a backbone gives for evaluation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -32,25 +32,34 @@ pub struct Features {
 pub enum Arch {
     /// `layer_scale`: DINOv2's per-channel scaling of each residual branch (timm's `ls1`/`ls2`).
     Vit { width: i64, depth: i64, heads: i64, patch: i64, #[serde(default)] layer_scale: bool },
-    Resnet { depth: i64, small_stem: bool },
+    /// `stem_stride`: 1, or 2 for `-small-stride2` (the small stem at a quarter of the first stage's cost).
+    Resnet { depth: i64, small_stem: bool, #[serde(default = "one")] stem_stride: i64 },
+}
+
+fn one() -> i64 {
+    1
 }
 
 pub const KNOWN_ARCHS: &str = "vit-tiny, vit-small, vit-base (optionally -patchP with P in 4, 8, 14, 16, -depthD, \
 and -dinov2 for DINOv2's LayerScale, e.g. vit-small-patch16, vit-tiny-patch4-depth6, vit-small-patch14-dinov2), resnet18, resnet34, resnet50 (ImageNet stem), \
-resnet18-small, resnet34-small, resnet50-small (3×3 stem without max-pool, for 28–64 px images)";
+resnet18-small, resnet34-small, resnet50-small (3×3 stem without max-pool, for 28–96 px images; \
+-small-stride2 for the same stem at stride 2, e.g. resnet18-small-stride2)";
 
 impl Arch {
-    /// Parses `vit-{tiny,small,base}[-patchP][-depthD][-dinov2]` and `resnet{18,34,50}[-small]`.
+    /// Parses `vit-{tiny,small,base}[-patchP][-depthD][-dinov2]` and `resnet{18,34,50}[-small[-stride2]]`.
     pub fn from_name(name: &str) -> Result<Arch> {
         let unknown = || anyhow::anyhow!("unknown architecture '{name}'; known: {KNOWN_ARCHS}");
         if let Some(rest) = name.strip_prefix("resnet") {
-            let (depth, small_stem) = match rest.strip_suffix("-small") {
-                Some(depth) => (depth, true),
-                None => (rest, false),
+            let (depth, small_stem, stem_stride) = if let Some(depth) = rest.strip_suffix("-small-stride2") {
+                (depth, true, 2)
+            } else if let Some(depth) = rest.strip_suffix("-small") {
+                (depth, true, 1)
+            } else {
+                (rest, false, 1)
             };
             let depth: i64 = depth.parse().map_err(|_| unknown())?;
             ensure!([18, 34, 50].contains(&depth), unknown());
-            return Ok(Arch::Resnet { depth, small_stem });
+            return Ok(Arch::Resnet { depth, small_stem, stem_stride });
         }
         let mut parts = name.split('-');
         if parts.next() != Some("vit") {
@@ -88,10 +97,10 @@ impl Arch {
                 let name = if layer_scale { format!("vit_{size}_patch14_dinov2") } else { format!("vit_{size}_patch16_224") };
                 format!("model = timm.create_model(\"{name}\", patch_size={patch}, depth={depth}, img_size={img_size}, in_chans={in_chans}, num_classes=0)")
             }
-            Arch::Resnet { depth, small_stem } => {
+            Arch::Resnet { depth, small_stem, stem_stride } => {
                 let mut line = format!("model = timm.create_model(\"resnet{depth}\", in_chans={in_chans}, num_classes=0)");
                 if small_stem {
-                    line += &format!("; model.conv1 = torch.nn.Conv2d({in_chans}, 64, 3, 1, 1, bias=False); model.maxpool = torch.nn.Identity()");
+                    line += &format!("; model.conv1 = torch.nn.Conv2d({in_chans}, 64, 3, {stem_stride}, 1, bias=False); model.maxpool = torch.nn.Identity()");
                 }
                 line
             }
@@ -105,7 +114,7 @@ impl Arch {
                 let size = match width { 192 => "tiny", 384 => "small", _ => "base" };
                 Some(if layer_scale { format!("vit_{size}_patch{patch}_dinov2") } else { format!("vit_{size}_patch{patch}_224") })
             }
-            Arch::Resnet { depth, small_stem: false } => Some(format!("resnet{depth}")),
+            Arch::Resnet { depth, small_stem: false, .. } => Some(format!("resnet{depth}")),
             _ => None,
         }
     }
@@ -125,8 +134,8 @@ impl Backbone {
                 let config = VitConfig { width, depth, heads, patch, in_chans, img_size, mlp_ratio: 4.0, drop_path, layer_scale };
                 Backbone::Vit(Vit::new(path, config))
             }
-            Arch::Resnet { depth, small_stem } => {
-                Backbone::ResNet(ResNet::new(path, ResNetConfig { depth, in_chans, small_stem, drop_path }))
+            Arch::Resnet { depth, small_stem, stem_stride } => {
+                Backbone::ResNet(ResNet::new(path, ResNetConfig { depth, in_chans, small_stem, stem_stride, drop_path }))
             }
         })
     }
@@ -352,4 +361,42 @@ impl Encoder {
         ensure!(extra.is_empty(), "{shown}: {} tensor(s) the model does not have, e.g. {} (wrong --arch?)", extra.len(), extra[..extra.len().min(3)].join(", "));
         Ok(())
     }
+}
+
+/// LayerNorm + Linear on detached backbone features (MINIMAL.md's online probe).
+pub struct LinearProbe {
+    norm: nn::LayerNorm,
+    linear: nn::Linear,
+}
+
+impl LinearProbe {
+    pub fn new(path: &nn::Path, in_dim: i64, classes: i64) -> LinearProbe {
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        let uniform = nn::Init::Uniform { lo: -bound, up: bound };
+        LinearProbe {
+            norm: nn::layer_norm(path / "norm", vec![in_dim], Default::default()),
+            linear: nn::linear(path / "linear", in_dim, classes, nn::LinearConfig { ws_init: uniform, bs_init: Some(uniform), bias: true }),
+        }
+    }
+
+    pub fn forward(&self, features: &Tensor) -> Tensor {
+        features.apply(&self.norm).apply(&self.linear)
+    }
+
+    /// The weights' precision (f32, or f64 for checks).
+    pub fn kind(&self) -> Kind {
+        self.linear.ws.kind()
+    }
+}
+
+/// Drops the whole residual branch of random samples while training, rescaling the kept ones.
+pub fn drop_path(branch: Tensor, rate: f64, train: bool) -> Tensor {
+    if !train || rate == 0.0 {
+        return branch;
+    }
+    let keep = 1.0 - rate;
+    let mut shape = vec![branch.size()[0]];
+    shape.resize(branch.dim(), 1);
+    let mask = Tensor::empty(shape.as_slice(), (branch.kind(), branch.device())).bernoulli_float_(keep);
+    branch * mask / keep
 }

@@ -1,12 +1,15 @@
 //! ResNet-18/34/50 with timm's (= torchvision's) parameter names, without the classifier.
-//! Two stems: the ImageNet one (7×7 stride-2 conv + max-pool) and a small-image one (3×3 stride-1
-//! conv, no max-pool) for 28–64 px inputs, where the ImageNet stem would throw away most pixels.
+//! Two stems: the ImageNet one (7×7 stride-2 conv + max-pool) and a small-image one (3×3 conv, no
+//! max-pool) for 28–96 px inputs, where the ImageNet stem would throw away most pixels; the small stem
+//! has stride 1, or 2 where a quarter of the compute is worth more than full resolution in the first stage.
+
+use std::ffi::c_char;
 
 use tch::nn;
 use tch::Tensor;
+use torch_sys::C_tensor;
 
-use super::{BatchNorm, Features};
-use super::vit::drop_path;
+use super::{BatchNorm, Features, drop_path};
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ResNetConfig {
@@ -14,6 +17,8 @@ pub struct ResNetConfig {
     pub depth: i64,
     pub in_chans: i64,
     pub small_stem: bool,
+    /// Stride of the small stem's 3×3 conv (1 or 2); the ImageNet stem always has stride 2.
+    pub stem_stride: i64,
     /// Stochastic-depth rate of the last block (linearly increasing over the blocks).
     pub drop_path: f64,
 }
@@ -112,7 +117,7 @@ pub struct ResNet {
 impl ResNet {
     pub fn new(path: &nn::Path, config: ResNetConfig) -> ResNet {
         let stem_conv = if config.small_stem {
-            conv(path / "conv1", config.in_chans, 64, 3, 1)
+            conv(path / "conv1", config.in_chans, 64, 3, config.stem_stride)
         } else {
             conv(path / "conv1", config.in_chans, 64, 7, 2)
         };
@@ -151,7 +156,7 @@ impl ResNet {
     /// pooled outputs of the last two blocks, concatenated: the paper's probe features ("the last two
     /// layers", mean-pooled where there is no class token), as the ViT's two class tokens.
     pub fn forward(&self, images: &Tensor, train: bool) -> Features {
-        let images = images.to_kind(self.stem.0.ws.kind()); // the weights' precision (f32, or f64 for checks)
+        let images = channels_last(&images.to_kind(self.stem.0.ws.kind())); // the weights' precision (f32, or f64 for checks)
         let mut x = images.apply(&self.stem.0).apply_t(&self.stem.1, train).relu();
         if !self.config.small_stem {
             x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
@@ -166,4 +171,21 @@ impl ResNet {
         let embedding = last_two_pooled.last().expect("a ResNet has blocks").shallow_clone();
         Features { probe: Tensor::cat(&last_two_pooled, 1), embedding }
     }
+}
+
+unsafe extern "C" {
+    fn lejepa_channels_last(x: *mut C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+}
+
+/// `images` in channels-last (NHWC) layout: libtorch's convolutions then keep that layout through the
+/// network, which is faster on the CPU (BENCHMARKS.md); the values are the same.
+fn channels_last(images: &Tensor) -> Tensor {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: `images` is a live tensor; the shim writes a new tensor to `out` or returns a malloc'd message.
+    let error = unsafe { lejepa_channels_last(images.as_ptr() as *mut C_tensor, &mut out) };
+    if !error.is_null() {
+        panic!("channels-last copy failed: {}", crate::distributed::take_string(error));
+    }
+    // SAFETY: the shim handed over a new tensor, owned from here on.
+    unsafe { Tensor::from_ptr(out) }
 }

@@ -5,7 +5,7 @@
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
-use super::{Features, pytorch_default_init};
+use super::{Features, drop_path, pytorch_default_init};
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VitConfig {
@@ -58,18 +58,6 @@ fn vit_linear(path: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
 
 fn layer_norm(path: nn::Path, dim: i64) -> nn::LayerNorm {
     nn::layer_norm(path, vec![dim], nn::LayerNormConfig { eps: 1e-6, ..Default::default() })
-}
-
-/// Drops the whole residual branch of random samples while training, rescaling the kept ones.
-pub fn drop_path(branch: Tensor, rate: f64, train: bool) -> Tensor {
-    if !train || rate == 0.0 {
-        return branch;
-    }
-    let keep = 1.0 - rate;
-    let mut shape = vec![branch.size()[0]];
-    shape.resize(branch.dim(), 1);
-    let mask = Tensor::empty(shape.as_slice(), (branch.kind(), branch.device())).bernoulli_float_(keep);
-    branch * mask / keep
 }
 
 /// `[B, T, 3, heads, head_dim]` → q, k, v (or `[B, T, 2, …]` → k, v) as `[B, heads, T, head_dim]` views, split with unbind

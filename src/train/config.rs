@@ -7,10 +7,90 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::data_args::DataArgs;
 use crate::data::Dataset;
 use crate::data::augment::MultiCrop;
 use crate::models::Arch;
+
+/// The arithmetic of a run's model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    /// bf16 autocast: matmuls and convolutions in bf16, the rest in f32.
+    Bf16,
+    /// Everything in double precision: for exactness checks.
+    F64,
+}
+
+/// Where a run computes: the CPU or one CUDA device, written cpu, cuda (= cuda:0) or cuda:N.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ComputeDevice {
+    Cpu,
+    Cuda(usize),
+}
+
+impl ComputeDevice {
+    pub fn is_cuda(self) -> bool {
+        matches!(self, ComputeDevice::Cuda(_))
+    }
+}
+
+impl std::str::FromStr for ComputeDevice {
+    type Err = anyhow::Error;
+    fn from_str(name: &str) -> Result<ComputeDevice> {
+        Ok(match name {
+            "cpu" => ComputeDevice::Cpu,
+            "cuda" => ComputeDevice::Cuda(0),
+            other => match other.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+                Some(i) => ComputeDevice::Cuda(i),
+                None => bail!("unknown device '{other}'; use cpu, cuda or cuda:N"),
+            },
+        })
+    }
+}
+
+impl std::fmt::Display for ComputeDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            ComputeDevice::Cpu => write!(f, "cpu"),
+            ComputeDevice::Cuda(0) => write!(f, "cuda"),
+            ComputeDevice::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl TryFrom<String> for ComputeDevice {
+    type Error = anyhow::Error;
+    fn try_from(name: String) -> Result<ComputeDevice> {
+        name.parse()
+    }
+}
+
+impl From<ComputeDevice> for String {
+    fn from(device: ComputeDevice) -> String {
+        device.to_string()
+    }
+}
+
+impl From<ComputeDevice> for tch::Device {
+    fn from(device: ComputeDevice) -> tch::Device {
+        match device {
+            ComputeDevice::Cpu => tch::Device::Cpu,
+            ComputeDevice::Cuda(i) => tch::Device::Cuda(i),
+        }
+    }
+}
+
+/// The view recipe a run starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Augment {
+    /// The paper's multi-crop: global views of 0.3–1 and local views of 0.05–0.3 of the image's area.
+    Lejepa,
+    /// MINIMAL.md: same-size views only.
+    Minimal,
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,8 +127,8 @@ pub struct Config {
     pub t_max: f64,
     pub knots: usize,
     pub drop_path: f64,
-    /// Augmentation: "lejepa" (global 0.3–1 + local 0.05–0.3 crops) or "minimal" (MINIMAL.md, same-size views).
-    pub augment: String,
+    /// Augmentation: lejepa (global 0.3–1 + local 0.05–0.3 crops) or minimal (MINIMAL.md, same-size views).
+    pub augment: Augment,
     pub global_views: usize,
     pub local_views: usize,
     /// View sizes in pixels; default: the image size (at most 224) and 3/7 of it.
@@ -63,9 +143,9 @@ pub struct Config {
     pub augment_file: Option<PathBuf>,
     pub seed: u64,
     /// cpu, cuda or cuda:N.
-    pub device: String,
+    pub device: ComputeDevice,
     /// f32, bf16 (autocast), or f64 (everything in double precision: for exactness checks).
-    pub precision: String,
+    pub precision: Precision,
     /// Distributed runs: BatchNorm statistics over the global batch (SyncBatchNorm), as a
     /// single process would compute them. Off: each process normalises with its own shard's.
     #[serde(default = "default_true")]
@@ -122,7 +202,7 @@ impl Config {
             t_max: 3.0,
             knots: 17,
             drop_path: 0.0,
-            augment: "lejepa".into(),
+            augment: Augment::Lejepa,
             global_views: 2,
             local_views: 4,
             global_size: None,
@@ -131,8 +211,8 @@ impl Config {
             local_scale: None,
             augment_file: None,
             seed: 0,
-            device: "cpu".into(),
-            precision: "f32".into(),
+            device: ComputeDevice::Cpu,
+            precision: Precision::F32,
             sync_batch_norm: true,
             threads: None,
             workers: 2,
@@ -166,7 +246,7 @@ impl Config {
             "cpu-small" => cpu_small,
             // The CPU hour of RESULTS.md: cpu-small in bf16 with the schedule spanning 6 epochs (52 minutes and
             // 86.1% on the project's 2-core VM, whose CPU has bf16 units; 4 epochs in f32 fill the same hour).
-            "cpu-hour" => Config { epochs: 6, precision: "bf16".into(), ..cpu_small },
+            "cpu-hour" => Config { epochs: 6, precision: Precision::Bf16, ..cpu_small },
             // The best f32 hour of RESULTS.md: cpu-small with a ResNet-18 (small-image stem) and the mildest crops,
             // the schedule spanning 2 epochs and stopped at step 850 (a convolutional network learns these 28 px
             // images in fewer steps than the ViT).
@@ -188,7 +268,7 @@ impl Config {
                 warmup_epochs: 1.0,
                 lambda: 0.02,
                 drop_path: 0.1,
-                augment: "minimal".into(),
+                augment: Augment::Minimal,
                 global_views: 4,
                 local_views: 0,
                 eval_images: None,
@@ -225,12 +305,12 @@ impl Config {
         if short <= 48 {
             return (self, reasons);
         }
-        if self.device.starts_with("cuda") {
+        if self.device.is_cuda() {
             let size = if short >= 224 { 224 } else { short / 16 * 16 };
             self = Config {
                 arch: "vit-small-patch16".into(),
                 projector: vec![2048, 2048, 64],
-                precision: "bf16".into(),
+                precision: Precision::Bf16,
                 batch_size: 256,
                 lr: 5e-4,
                 steps: None,
@@ -309,8 +389,6 @@ impl Config {
         ensure!(self.global_views >= 1, "global_views must be at least 1");
         ensure!(self.slices >= 1, "slices must be at least 1");
         ensure!((0.0..1.0).contains(&self.drop_path), "drop_path must lie in [0, 1)");
-        ensure!(["f32", "bf16", "f64"].contains(&self.precision.as_str()), "precision must be f32, bf16 or f64, got '{}'", self.precision);
-        ensure!(["lejepa", "minimal"].contains(&self.augment.as_str()), "augment must be lejepa or minimal, got '{}'", self.augment);
         ensure!(!self.projector.is_empty(), "projector needs at least one layer");
         for (name, scale) in [("global_scale", self.global_scale), ("local_scale", self.local_scale)] {
             if let Some([low, high]) = scale {
@@ -339,9 +417,9 @@ impl Config {
         }
         let (width, height) = dataset.train.dimensions(0);
         let image_size = width.min(height);
-        let mut crop = match self.augment.as_str() {
-            "minimal" => MultiCrop::minimal(image_size, multiple_of, self.global_views),
-            _ => MultiCrop::lejepa(image_size, multiple_of, self.global_views, self.local_views),
+        let mut crop = match self.augment {
+            Augment::Minimal => MultiCrop::minimal(image_size, multiple_of, self.global_views),
+            Augment::Lejepa => MultiCrop::lejepa(image_size, multiple_of, self.global_views, self.local_views),
         };
         // A global size given alone sets the local size to 3/7 of it, as the default does.
         let global_size = self.global_size.unwrap_or(crop.global.size);
@@ -381,7 +459,7 @@ fn median_short_side(dataset: &Dataset) -> usize {
     sides[sides.len() / 2]
 }
 
-fn crop_reason(size: usize) -> String {
+pub fn crop_reason(size: usize) -> String {
     let (global, local) = crop_scales_for(size);
     format!("crop scales for {size}-px views: global {:.2}–1, local {:.2}–{:.2} of the image (the paper's 0.3–1 and 0.05–0.3 are for 224 px)", global[0], local[0], local[1])
 }
@@ -393,228 +471,6 @@ pub fn crop_scales_for(size: usize) -> ([f64; 2], [f64; 2]) {
     let t = ((size as f64 - 28.0) / (224.0 - 28.0)).clamp(0.0, 1.0); // 0 at 28 px, 1 at 224 px
     let mix = |small: f64, paper: f64| ((small + t * (paper - small)) * 100.0).round() / 100.0;
     ([mix(0.8, 0.3), 1.0], [mix(0.5, 0.05), mix(0.8, 0.3)])
-}
-
-/// Flags for every field; each one, when given, overrides the preset and the file.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct ConfigArgs {
-    /// Preset to start from: default (a ResNet-18 for 160 steps, then the probe with baselines: about 20 minutes
-    /// on 2 cores), cpu-small (a ViT-tiny for one epoch), cpu-hour (cpu-small in bf16 for 6 epochs), cpu-hour-resnet
-    /// (a ResNet-18 for 850 steps), minimal (MINIMAL.md), paper (§6.1). `--print-config` shows every value.
-    #[arg(long, default_value = "default")]
-    pub preset: String,
-    /// TOML file with any subset of the config keys (docs/configuration.md), laid over the preset.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    #[command(flatten)]
-    pub data: DataArgs,
-    /// Backbone, e.g. vit-tiny-patch4-depth6, vit-small-patch16, resnet18-small, resnet50 (docs/configuration.md lists all).
-    #[arg(long)]
-    pub arch: Option<String>,
-    /// Projector widths, comma-separated (e.g. 2048,2048,64).
-    #[arg(long, value_delimiter = ',')]
-    pub projector: Option<Vec<i64>>,
-    /// Passes over the training images; the warm-up + cosine learning-rate schedule spans them.
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    /// Stop after this many optimizer steps (the schedule still spans --epochs or --steps).
-    #[arg(long)]
-    pub max_steps: Option<u64>,
-    /// Length of the schedule in optimizer steps, instead of --epochs (giving --epochs clears a preset's steps).
-    #[arg(long)]
-    pub steps: Option<u64>,
-    /// Images per step on each process (per micro-batch with --grad-accum).
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Micro-batches per optimizer step (effective batch = batch size × this).
-    #[arg(long)]
-    pub grad_accum: Option<usize>,
-    /// Peak AdamW learning rate, reached after the warm-up.
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// The cosine schedule ends at lr × this.
-    #[arg(long)]
-    pub final_lr_ratio: Option<f64>,
-    /// Linear warm-up length, in epochs (fractions allowed).
-    #[arg(long)]
-    pub warmup_epochs: Option<f64>,
-    /// Linear warm-up length in optimizer steps, instead of --warmup-epochs.
-    #[arg(long)]
-    pub warmup_steps: Option<u64>,
-    /// AdamW weight decay.
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
-    /// λ, the trade-off between invariance and SIGReg.
-    #[arg(long)]
-    pub lambda: Option<f64>,
-    /// SIGReg: random unit directions drawn each step (M).
-    #[arg(long)]
-    pub slices: Option<i64>,
-    /// SIGReg: the Epps–Pulley integral runs over t ∈ [0, t_max].
-    #[arg(long)]
-    pub t_max: Option<f64>,
-    /// SIGReg: trapezoid knots on [0, t_max] (17 in the paper).
-    #[arg(long)]
-    pub knots: Option<usize>,
-    /// Stochastic depth rate of the backbone's residual branches.
-    #[arg(long)]
-    pub drop_path: Option<f64>,
-    /// View recipe: lejepa (global 0.3–1 + local 0.05–0.3 crops) or minimal (MINIMAL.md).
-    #[arg(long)]
-    pub augment: Option<String>,
-    /// Global views per image (V_g); the invariance target is their mean.
-    #[arg(long)]
-    pub global_views: Option<usize>,
-    /// Local (small) views per image (V_l).
-    #[arg(long)]
-    pub local_views: Option<usize>,
-    /// Global view size in pixels (default: the image size, at most 224).
-    #[arg(long)]
-    pub global_size: Option<usize>,
-    /// Local view size in pixels (default: 3/7 of the global size).
-    #[arg(long)]
-    pub local_size: Option<usize>,
-    /// Global views' crop scale, fractions of the image's area as LOW,HIGH (default: the preset's; the recipe's 0.3,1 where it sets none)
-    #[arg(long, value_name = "LOW,HIGH", value_parser = parse_scale)]
-    pub global_scale: Option<[f64; 2]>,
-    /// Local views' crop scale, fractions of the image's area as LOW,HIGH (default: the preset's; the recipe's 0.05,0.3 where it sets none)
-    #[arg(long, value_name = "LOW,HIGH", value_parser = parse_scale)]
-    pub local_scale: Option<[f64; 2]>,
-    /// A complete view recipe in the format of a run's augment.toml.
-    #[arg(long)]
-    pub augment_file: Option<PathBuf>,
-    /// Seed of initialisation, views and SIGReg directions.
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// f32, bf16 or f64.
-    #[arg(long)]
-    pub precision: Option<String>,
-    /// libtorch intra-op threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Data-loading threads (decoding and augmentation).
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// Turn the online linear probe off.
-    #[arg(long)]
-    pub no_online_probe: bool,
-    /// Distributed runs: normalise BatchNorm with each process's own shard instead of the global batch.
-    #[arg(long)]
-    pub no_sync_batch_norm: bool,
-    /// Online linear probe: AdamW learning rate.
-    #[arg(long)]
-    pub probe_lr: Option<f64>,
-    /// Online linear probe: AdamW weight decay.
-    #[arg(long)]
-    pub probe_weight_decay: Option<f64>,
-    /// Evaluate the online probe (and the final probe) on at most this many test images.
-    #[arg(long)]
-    pub eval_images: Option<usize>,
-    /// After training, probe the backbone, raw pixels and random init fitted on this many training images (0: no final probe).
-    #[arg(long, value_name = "IMAGES")]
-    pub final_probe_images: Option<usize>,
-    /// Write a checkpoint every this many steps (and at the end).
-    #[arg(long)]
-    pub checkpoint_every: Option<u64>,
-    /// Keep the backbone of every checkpoint (backbone-step<N>.safetensors).
-    #[arg(long)]
-    pub keep_backbones: bool,
-}
-
-/// A crop scale flag's "LOW,HIGH" (the range itself is checked with the rest of the config, in `validate`).
-fn parse_scale(text: &str) -> Result<[f64; 2], String> {
-    let fractions: Vec<f64> = text.split(',').map(|v| v.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|e| format!("{e}"))?;
-    match fractions[..] {
-        [low, high] => Ok([low, high]),
-        _ => Err(format!("takes two fractions, LOW,HIGH (e.g. 0.6,1), got {} value(s)", fractions.len())),
-    }
-}
-
-impl ConfigArgs {
-    /// Preset, then file, then flags.
-    pub fn resolve(&self) -> Result<Config> {
-        self.resolve_over(self.fresh(Config::from_preset_and_file(&self.preset, self.config.as_deref())?))
-    }
-
-    /// A new run's preset (and file) with what the flags replace by another name cleared (`Config::clear_replaced`).
-    /// (A resumed run keeps its own: see `resolve_over`.)
-    fn fresh(&self, mut c: Config) -> Config {
-        c.clear_replaced(|key| match key {
-            "epochs" => self.epochs.is_some(),
-            "steps" => self.steps.is_some(),
-            "warmup_epochs" => self.warmup_epochs.is_some(),
-            "warmup_steps" => self.warmup_steps.is_some(),
-            "augment_file" => self.augment_file.is_some(),
-            _ => false,
-        });
-        c
-    }
-
-    /// Preset (fitted to the data when it is the default: `Config::adapted_to`), then file, then flags,
-    /// with the reasons for the fitted choices that no file or flag overrode.
-    pub fn resolve_for(&self, dataset: &Dataset) -> Result<(Config, Vec<String>)> {
-        let given = self.resolve()?;
-        let mut preset = Config::preset(&self.preset)?;
-        if self.preset != "default" {
-            return Ok((given, Vec::new()));
-        }
-        preset.device = given.device.clone();
-        let (adapted, mut reasons) = preset.adapted_to(dataset);
-        let mut config = self.resolve_over(self.fresh(Config::layered(adapted.clone(), self.config.as_deref())?))?;
-        let scales_left_alone = (config.global_scale, config.local_scale) == (adapted.global_scale, adapted.local_scale);
-        if let (Some(size), Some(chosen), 2) = (config.global_size, adapted.global_size, reasons.len()) {
-            if size != chosen && scales_left_alone {
-                // Another view size given: the crops follow it by the same rule.
-                let (global, local) = crop_scales_for(size);
-                (config.global_scale, config.local_scale) = (Some(global), Some(local));
-                reasons[1] = crop_reason(size);
-                config.validate()?;
-            }
-        }
-        // A reason stands only where the file and flags left its choice alone: the first is the backbone's and
-        // the view sizes', the second (CPU) the crops'.
-        let kept = [
-            (config.arch.as_str(), config.global_size, config.local_size, config.precision.as_str())
-                == (adapted.arch.as_str(), adapted.global_size, adapted.local_size, adapted.precision.as_str()),
-            scales_left_alone,
-        ];
-        let reasons = reasons.into_iter().zip(kept).filter(|(_, kept)| *kept).map(|(reason, _)| reason).collect();
-        Ok((config, reasons))
-    }
-
-    /// The given flags laid over `c` (a resumed run's saved config, or preset + file).
-    pub fn resolve_over(&self, mut c: Config) -> Result<Config> {
-        macro_rules! set {
-            ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone(); } )* };
-        }
-        set!(arch, projector, epochs, batch_size, grad_accum, lr, final_lr_ratio, warmup_epochs, weight_decay,
-             lambda, slices, t_max, knots, drop_path, augment, global_views, local_views, seed, device, precision,
-             workers, checkpoint_every, probe_lr, probe_weight_decay);
-        macro_rules! set_option {
-            ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field.clone(); } )* };
-        }
-        if let Some(images) = self.final_probe_images {
-            c.final_probe_images = (images > 0).then_some(images);
-        }
-        set_option!(max_steps, steps, warmup_steps, global_size, local_size, global_scale, local_scale, augment_file, threads, eval_images);
-        if let Some(spec) = &self.data.data {
-            c.data = spec.clone();
-        }
-        if self.no_online_probe {
-            c.online_probe = false;
-        }
-        if self.no_sync_batch_norm {
-            c.sync_batch_norm = false;
-        }
-        if self.keep_backbones {
-            c.keep_backbones = true;
-        }
-        c.validate()?;
-        Ok(c)
-    }
 }
 
 #[cfg(test)]
@@ -658,49 +514,6 @@ mod tests {
         }
     }
 
-    #[derive(clap::Parser)]
-    struct Flags {
-        #[command(flatten)]
-        config: ConfigArgs,
-    }
-
-    fn resolve(flags: &[&str]) -> Result<Config> {
-        use clap::Parser;
-        Flags::try_parse_from(std::iter::once("lejepa").chain(flags.iter().copied()))?.config.resolve()
-    }
-
-    /// --global-scale and --local-scale reach the views: the recipe carries them, and the crops drawn from it cover
-    /// between LOW and HIGH of the image's area (up to the rounding of a 28 px crop's sides).
-    #[test]
-    fn crop_scale_flags_set_the_crops_drawn() {
-        use rand::SeedableRng;
-        let config = resolve(&["--global-scale", "0.6,1", "--local-scale", "0.2,0.4"]).unwrap();
-        let dataset = crate::data::open("digits", &Default::default()).unwrap();
-        let crop = config.multicrop(&dataset).unwrap();
-        assert_eq!((crop.global.scale, crop.local.scale), ([0.6, 1.0], [0.2, 0.4]));
-        let default = resolve(&["--preset", "cpu-small"]).unwrap().multicrop(&dataset).unwrap();
-        assert_eq!((default.global.scale, default.local.scale), ([0.3, 1.0], [0.05, 0.3]), "the recipe's own, where no preset sets them");
-
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        for recipe in [&crop.global, &crop.local] {
-            let areas: Vec<f64> = (0..2000)
-                .map(|_| {
-                    let (_, _, h, w) = crate::data::augment::crop_box(28, 28, recipe.scale, recipe.ratio, &mut rng);
-                    (h * w) as f64 / (28.0 * 28.0)
-                })
-                .collect();
-            let (low, high) = areas.iter().fold((1.0f64, 0.0f64), |(l, h), &a| (l.min(a), h.max(a)));
-            assert!(low >= recipe.scale[0] - 0.03 && high <= recipe.scale[1] + 0.03, "{:?}: areas {low}–{high}", recipe.scale);
-            assert!(low < recipe.scale[0] + 0.05 && high > recipe.scale[1] - 0.05, "{:?}: areas {low}–{high} do not span the range", recipe.scale);
-        }
-
-        let error = resolve(&["--local-scale", "0.4,0.2"]).unwrap_err().to_string();
-        assert!(error.contains("local_scale") && error.contains("0.4"), "{error}");
-        assert!(resolve(&["--global-scale", "0.5"]).is_err(), "one fraction alone is refused");
-        let error = resolve(&["--global-scale", "0.5,1", "--augment-file", "recipe.toml"]).unwrap_err().to_string();
-        assert!(error.contains("augment_file"), "{error}");
-    }
-
     fn dataset_of(side: usize, channels: usize) -> Dataset {
         let image = || crate::data::Image { width: side + side / 3, height: side, channels, pixels: vec![0; (side + side / 3) * side * channels] };
         let train = crate::data::Split::from_images((0..3).map(|_| image()).collect(), None);
@@ -719,14 +532,14 @@ mod tests {
         for (side, size, local) in [(96, 96, 41), (300, 96, 41), (1024, 96, 41), (64 + 8, 72, 31)] {
             let (fitted, reasons) = default.clone().adapted_to(&dataset_of(side, 3));
             assert_eq!((fitted.arch.as_str(), fitted.global_size, fitted.local_size), ("resnet18", Some(size), Some(local)), "{side} px");
-            assert_eq!((fitted.precision.as_str(), fitted.steps), ("f32", default.steps));
+            assert_eq!((fitted.precision, fitted.steps), (Precision::F32, default.steps));
             assert_eq!(reasons.len(), 2);
             fitted.validate().unwrap();
         }
-        let gpu = Config { device: "cuda".into(), ..default.clone() };
+        let gpu = Config { device: ComputeDevice::Cuda(0), ..default.clone() };
         for (side, size) in [(300, 224), (1024, 224), (96, 96), (100, 96)] {
             let (fitted, _) = gpu.clone().adapted_to(&dataset_of(side, 3));
-            assert_eq!((fitted.arch.as_str(), fitted.precision.as_str()), ("vit-small-patch16", "bf16"));
+            assert_eq!((fitted.arch.as_str(), fitted.precision), ("vit-small-patch16", Precision::Bf16));
             assert_eq!((fitted.global_size, fitted.local_size.map(|l| l % 16)), (Some(size), Some(0)), "{side} px");
             assert_eq!((fitted.global_scale, fitted.steps), (None, None), "the paper's crops and epochs");
         }
@@ -735,21 +548,5 @@ mod tests {
         assert_eq!(crop_scales_for(224), ([0.3, 1.0], [0.05, 0.3]));
         let (g, l) = crop_scales_for(96);
         assert!(0.3 < g[0] && g[0] < 0.8 && 0.05 < l[0] && l[0] < 0.5 && l[0] < l[1], "{g:?} {l:?}");
-    }
-
-    /// Flags that name another way to set a preset's value replace it: --epochs a step-counted
-    /// schedule, --augment-file the preset's crop scales.
-    #[test]
-    fn epochs_and_recipe_files_replace_what_the_preset_set_otherwise() {
-        let args = ConfigArgs { preset: "default".into(), epochs: Some(2), ..Default::default() };
-        let config = args.resolve().unwrap();
-        assert_eq!((config.epochs, config.steps, config.warmup_steps), (2, None, None));
-        let args = ConfigArgs { preset: "default".into(), epochs: Some(2), steps: Some(30), ..Default::default() };
-        assert_eq!(args.resolve().unwrap().steps, Some(30));
-        let args = ConfigArgs { preset: "default".into(), augment_file: Some("augment.toml".into()), ..Default::default() };
-        let config = args.resolve().unwrap();
-        assert_eq!((config.global_scale, config.local_scale), (None, None));
-        let args = ConfigArgs { preset: "default".into(), final_probe_images: Some(0), ..Default::default() };
-        assert_eq!(args.resolve().unwrap().final_probe_images, None);
     }
 }

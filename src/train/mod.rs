@@ -4,9 +4,7 @@
 
 pub mod config;
 pub mod memory;
-pub mod optim;
 pub mod plots;
-pub mod schedule;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,79 +16,64 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor, nn};
 
+use crate::data::augment::MultiCrop;
 use crate::data::{Dataset, Split, stratified_subset};
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::distributed::ProcessGroup;
-use crate::models::{Arch, Encoder, copy_variables};
+use crate::models::{Arch, Encoder, LinearProbe, copy_variables};
 use crate::objective::LeJepaObjective;
 use crate::sigreg::{NormalityTest, Reduction, SigReg};
-use config::Config;
-use optim::AdamW;
+use config::{Config, Precision};
+use crate::optim::{AdamW, schedule, trainable};
 
 /// Set by Ctrl-C: the loop saves a checkpoint and stops after the current step.
 static STOP: AtomicBool = AtomicBool::new(false);
 
+/// A device named cpu, cuda or cuda:N.
 pub fn parse_device(name: &str) -> Result<Device> {
-    Ok(match name {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        other => match other.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
-            Some(i) => Device::Cuda(i),
-            None => bail!("unknown device '{other}'; use cpu, cuda or cuda:N"),
-        },
-    })
+    Ok(name.parse::<config::ComputeDevice>()?.into())
 }
 
-/// LayerNorm + Linear on detached backbone features (MINIMAL.md's online probe).
-pub struct LinearProbe {
-    norm: nn::LayerNorm,
-    linear: nn::Linear,
+/// The views of one batch, view-major (view v of sample n is row v·N + n): global `[V_g·N, C, S_g, S_g]`,
+/// local `[V_l·N, C, S_l, S_l]` or none.
+pub struct Views<'a> {
+    pub global: &'a Tensor,
+    pub local: Option<&'a Tensor>,
+    pub global_views: usize,
 }
 
-impl LinearProbe {
-    pub fn new(path: &nn::Path, in_dim: i64, classes: i64) -> LinearProbe {
-        let bound = 1.0 / (in_dim as f64).sqrt();
-        let uniform = nn::Init::Uniform { lo: -bound, up: bound };
-        LinearProbe {
-            norm: nn::layer_norm(path / "norm", vec![in_dim], Default::default()),
-            linear: nn::linear(path / "linear", in_dim, classes, nn::LinearConfig { ws_init: uniform, bs_init: Some(uniform), bias: true }),
-        }
-    }
-
-    pub fn forward(&self, features: &Tensor) -> Tensor {
-        features.apply(&self.norm).apply(&self.linear)
-    }
+/// How a forward pass runs: the step (it seeds SIGReg's directions), bf16 autocast or not, train or eval
+/// mode, and the process group whose shards make the global batch (see [`crate::distributed`]).
+#[derive(Clone, Copy)]
+pub struct ForwardOptions<'a> {
+    pub step: u64,
+    pub bf16: bool,
+    pub train: bool,
+    pub group: Option<&'a ProcessGroup>,
 }
 
-/// The LeJEPA forward pass of one batch: global views `[V_g·N, C, S_g, S_g]` and local views
-/// `[V_l·N, C, S_l, S_l]` (view-major) → the loss terms, and the backbone features of the global
-/// views (for the online probe). Encoder and projector run under bf16 autocast when `bf16`; the
-/// objective is computed in f32 (f64 for an f64 model). With a process group the batch is this
-/// process's shard of the global batch (see [`crate::distributed`]).
+/// The LeJEPA forward pass of one batch: views → encoder → projector → the loss terms, and the backbone
+/// features of the global views (for the online probe). Encoder and projector run under bf16 autocast
+/// when asked; the objective is computed in f32 (f64 for an f64 model).
 pub fn lejepa_forward(
     encoder: &Encoder,
     objective: &LeJepaObjective,
-    global: &Tensor,
-    local: Option<&Tensor>,
-    global_views: usize,
-    step: u64,
-    bf16: bool,
-    train: bool,
-    group: Option<&ProcessGroup>,
+    views: &Views,
+    options: ForwardOptions,
 ) -> Result<(crate::objective::LossTerms, crate::models::Features)> {
-    let n = global.size()[0] / global_views as i64;
-    let autocast = bf16.then(|| crate::autocast::Bf16Autocast::new(global.device()));
-    let global_features = encoder.backbone.forward(global, train);
+    let n = views.global.size()[0] / views.global_views as i64;
+    let autocast = options.bf16.then(|| crate::autocast::Bf16Autocast::new(views.global.device()));
+    let global_features = encoder.backbone.forward(views.global, options.train);
     let mut embeddings = vec![global_features.embedding.shallow_clone()];
-    if let Some(local) = local {
-        embeddings.push(encoder.backbone.forward(local, train).embedding);
+    if let Some(local) = views.local {
+        embeddings.push(encoder.backbone.forward(local, options.train).embedding);
     }
     let embeddings = Tensor::cat(&embeddings, 0); // [V·N, D], view-major
-    let z = encoder.projector.forward(&embeddings, train); // [V·N, K]
+    let z = encoder.projector.forward(&embeddings, options.train); // [V·N, K]
     drop(autocast);
     let kind = if z.kind() == Kind::Double { Kind::Double } else { Kind::Float };
     let z = z.to_kind(kind).view([-1, n, z.size()[1]]); // [V, N, K]
-    Ok((objective.forward_in_group(&z, global_views, step, group)?, global_features))
+    Ok((objective.forward_in_group(&z, views.global_views, options.step, options.group)?, global_features))
 }
 
 /// What a run reports at the end (and prints as the last line of stdout with `--json`).
@@ -136,12 +119,6 @@ struct State {
     probe: Option<(nn::VarStore, LinearProbe, AdamW)>,
 }
 
-pub fn trainable(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars
-}
-
 /// The first trainable variable (by name, as the checkpoint names it: the stores' prefix, then its name) whose
 /// gradient holds a NaN or an Inf; one device sync when none does.
 fn non_finite_gradient<'a>(stores: impl Iterator<Item = (&'a str, &'a nn::VarStore)>) -> Option<String> {
@@ -160,6 +137,22 @@ fn non_finite_gradient<'a>(stores: impl Iterator<Item = (&'a str, &'a nn::VarSto
 }
 
 impl State {
+    fn zero_grad(&mut self) {
+        self.optimizer.zero_grad();
+        if let Some((_, _, optimizer)) = &mut self.probe {
+            optimizer.zero_grad();
+        }
+    }
+
+    /// The trainable tensors of the encoder, then of the online probe.
+    fn trainable_tensors(&self) -> Vec<Tensor> {
+        let mut tensors: Vec<Tensor> = trainable(&self.encoder.vs).into_iter().map(|(_, t)| t).collect();
+        if let Some((vs, _, _)) = &self.probe {
+            tensors.extend(trainable(vs).into_iter().map(|(_, t)| t));
+        }
+        tensors
+    }
+
     fn tensors(&self, step: u64) -> Vec<(String, Tensor)> {
         let mut all: Vec<(String, Tensor)> = self.encoder.vs.variables().into_iter().collect();
         all.extend(self.optimizer.state("adamw"));
@@ -238,24 +231,97 @@ impl State {
 /// A fresh numbered run directory `out/NNN-<arch>`.
 pub fn new_run_dir(out: &Path, arch: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    for n in 1.. {
+    for n in 1..100_000 {
         let dir = out.join(format!("{n:03}-{arch}"));
-        if std::fs::create_dir(&dir).is_ok() {
-            return Ok(dir);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
         }
-        ensure!(n < 100_000, "{}: cannot create a run directory", out.display());
     }
-    unreachable!()
+    bail!("{}: 99,999 run directories exist already", out.display())
 }
 
-/// Accuracy of the online probe on the evaluation images, backbone in eval mode.
-fn probe_accuracy(encoder: &Encoder, probe: &LinearProbe, eval: &Split, crop: &crate::data::augment::MultiCrop, device: Device) -> Result<Option<f64>> {
-    let Some(labels) = eval.labels.as_ref().filter(|l| !l.is_empty()) else { return Ok(None) };
-    let features = crate::eval::features(&encoder.backbone, eval, crop, crate::eval::FeatureKind::Probe, device)?;
-    let features = features.to_device(device).to_kind(probe.linear.ws.kind());
-    let predicted = tch::no_grad(|| probe.forward(&features).argmax(-1, false).to_device(Device::Cpu));
-    let correct = predicted.eq_tensor(&Tensor::from_slice(labels)).sum(Kind::Int64).int64_value(&[]);
-    Ok(Some(correct as f64 / labels.len() as f64))
+/// Step counts: the learning-rate schedule spans `total` steps (all epochs, or `steps`); the run stops
+/// at `last` (`max_steps` may stop it earlier).
+struct Schedule {
+    steps_per_epoch: u64,
+    total: u64,
+    last: u64,
+    warmup: u64,
+    peak_lr: f64,
+    final_lr_ratio: f64,
+}
+
+impl Schedule {
+    fn of(config: &Config, train_images: usize, world: usize) -> Result<Schedule> {
+        let micro_batches_per_epoch = train_images / (config.batch_size * world);
+        let steps_per_epoch = (micro_batches_per_epoch / config.grad_accum) as u64;
+        ensure!(
+            steps_per_epoch >= 1,
+            "{train_images} training images are too few for batch_size {} × grad_accum {} × {world} process(es)",
+            config.batch_size, config.grad_accum
+        );
+        let total = config.steps.unwrap_or(steps_per_epoch * config.epochs as u64);
+        Ok(Schedule {
+            steps_per_epoch,
+            total,
+            last: config.max_steps.map_or(total, |m| m.min(total)),
+            warmup: config.warmup_steps.unwrap_or((config.warmup_epochs * steps_per_epoch as f64).round() as u64),
+            peak_lr: config.lr,
+            final_lr_ratio: config.final_lr_ratio,
+        })
+    }
+
+    fn learning_rate(&self, step: u64) -> f64 {
+        schedule::learning_rate(step, self.total, self.warmup, self.peak_lr, self.final_lr_ratio)
+    }
+
+    fn epoch_of(&self, step: u64) -> u64 {
+        step / self.steps_per_epoch
+    }
+
+    /// What is left at `step`, at `per_step` seconds a step, and what an epoch takes.
+    fn time_estimate(&self, step: u64, per_step: f64) -> String {
+        let duration = |steps: u64| {
+            let minutes = steps as f64 * per_step / 60.0;
+            if minutes < 120.0 { format!("{minutes:.0} min") } else { format!("{:.1} h", minutes / 60.0) }
+        };
+        format!(
+            "a step takes about {per_step:.1} s: the {} steps left ≈ {}; one epoch ({} steps) ≈ {}",
+            self.last - step, duration(self.last - step), self.steps_per_epoch, duration(self.steps_per_epoch)
+        )
+    }
+}
+
+/// What one training step gives back: the global batch's loss terms, and its time waiting for data.
+struct StepOutcome {
+    loss: f64,
+    invariance: f64,
+    sigreg: f64,
+    lr: f64,
+    data_wait_seconds: f64,
+}
+
+/// A pretraining run in progress: its configuration and data, the model and optimizer state, the
+/// objective, and this process's place in the group.
+struct Run<'a> {
+    config: &'a Config,
+    dataset: &'a Dataset,
+    group: Option<&'a Arc<ProcessGroup>>,
+    rank: usize,
+    world: usize,
+    leader: bool,
+    device: Device,
+    run_dir: PathBuf,
+    crop: Arc<MultiCrop>,
+    state: State,
+    objective: LeJepaObjective,
+    schedule: Schedule,
+    /// The parameters whose gradients are averaged over the processes, in the same order on every rank.
+    averaged_params: Vec<Tensor>,
+    /// Memory a training step was estimated to take, before training (CPU).
+    estimated_step_bytes: Option<u64>,
 }
 
 /// Runs a pretraining run in `run_dir` (an existing, empty folder), or with `resume` continues the
@@ -264,341 +330,405 @@ fn probe_accuracy(encoder: &Encoder, probe: &LinearProbe, eval: &Split, crop: &c
 /// reads and writes the run directory.
 pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset, group: Option<&Arc<ProcessGroup>>) -> Result<Summary> {
     let started = Instant::now();
-    let (rank, world) = group.map_or((0, 1), |g| (g.rank, g.world));
-    let leader = rank == 0;
-    if let Some(threads) = config.threads {
-        tch::set_num_threads(threads as i32);
-    }
-    let device = parse_device(&config.device)?;
-    ensure!(device == Device::Cpu || tch::Cuda::is_available(), "--device {}: CUDA is not available on this machine", config.device);
-    let _ = ctrlc::set_handler(|| {
-        if STOP.swap(true, Ordering::SeqCst) {
-            std::process::exit(130); // a second Ctrl-C: stop now
-        }
-        eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)");
-    });
-    STOP.store(false, Ordering::SeqCst);
-
-    let run_dir = run_dir.to_path_buf();
-    let crop = Arc::new(config.multicrop(dataset)?);
-    if leader {
-        std::fs::write(run_dir.join("config.toml"), toml::to_string(config)?)?;
-        let meta = serde_json::json!({
-            "lejepa_version": env!("CARGO_PKG_VERSION"), "git_commit": env!("LEJEPA_GIT_COMMIT"),
-            "libtorch_version": env!("LIBTORCH_VERSION"), "device": config.device, "processes": world,
-        });
-        std::fs::write(run_dir.join("meta.json"), serde_json::to_string_pretty(&meta)?)?;
-        std::fs::write(run_dir.join("augment.toml"), toml::to_string(&*crop)?)?; // the exact views, for the record and for evaluation
-    }
-
-    // Data, model, objective, optimizers.
-    let arch = Arch::from_name(&config.arch)?;
-    tch::manual_seed(config.seed as i64);
-    let mut encoder = Encoder::new(device, arch, dataset.channels as i64, crop.global.size as i64, config.drop_path, &config.projector)?;
-    let f64_model = config.precision == "f64";
-    if f64_model {
-        encoder.vs.double();
-    }
-    let optimizer = AdamW::new(trainable(&encoder.vs), config.weight_decay);
-    let labeled = dataset.train.labels.is_some() && !dataset.classes.is_empty();
-    let probe = (config.online_probe && labeled).then(|| {
-        let mut vs = nn::VarStore::new(Device::Cpu); // initialised on the CPU, as the encoder
-        let probe = LinearProbe::new(&vs.root(), encoder.backbone.probe_dim(), dataset.classes.len() as i64);
-        vs.set_device(device);
-        if f64_model {
-            vs.double();
-        }
-        let optimizer = AdamW::new(trainable(&vs), config.probe_weight_decay);
-        (vs, probe, optimizer)
-    });
-    let mut state = State { encoder, optimizer, probe };
-    let sigreg = SigReg {
-        test: NormalityTest::from_name("epps-pulley", config.t_max, config.knots)?,
-        slices: config.slices,
-        seed: config.seed,
-        reduction: Reduction::Mean,
-    };
-    let objective = LeJepaObjective::new(config.lambda, sigreg)?;
-
-    // Steps: the schedule spans all epochs (or `steps`); max_steps may stop earlier.
-    let micro_batches_per_epoch = dataset.train.len() / (config.batch_size * world);
-    let steps_per_epoch = (micro_batches_per_epoch / config.grad_accum) as u64;
-    ensure!(
-        steps_per_epoch >= 1,
-        "{} training images are too few for batch_size {} × grad_accum {} × {world} process(es)",
-        dataset.train.len(), config.batch_size, config.grad_accum
-    );
-    let total_steps = config.steps.unwrap_or(steps_per_epoch * config.epochs as u64);
-    let last_step = config.max_steps.map_or(total_steps, |m| m.min(total_steps));
-    let warmup_steps = config.warmup_steps.unwrap_or((config.warmup_epochs * steps_per_epoch as f64).round() as u64);
-
-    // Will it fit? One forward/backward at 2 and 4 samples of the real views, extrapolated (CPU).
-    let mut estimated_step_bytes = None;
-    if device == Device::Cpu {
-        let (c, sg, sl) = (dataset.channels as i64, crop.global.size as i64, crop.local.size as i64);
-        let vl = crop.local_views as i64;
-        estimated_step_bytes = memory::estimate_step_bytes(config.batch_size, |n| {
-            let n = n as i64;
-            let global = Tensor::zeros([crop.global_views as i64 * n, c, sg, sg], (Kind::Float, device));
-            let local = (vl > 0).then(|| Tensor::zeros([vl * n, c, sl, sl], (Kind::Float, device)));
-            let bf16 = config.precision == "bf16";
-            if let Ok((terms, _)) = lejepa_forward(&state.encoder, &objective, &global, local.as_ref(), crop.global_views, 0, bf16, false, None) {
-                terms.loss.backward();
-            }
-        });
-        if let Some(bytes) = estimated_step_bytes {
-            eprintln!("estimated memory of a training step: {:.2} GB", bytes as f64 / 1e9);
-            memory::ensure_fits(bytes, &format!("{} at batch size {}", config.arch, config.batch_size))?;
-        }
-    }
-
-    if let (Some(group), true) = (group, config.sync_batch_norm) {
-        state.encoder.sync_batch_norm(group);
-    }
-
-    let checkpoint_path = run_dir.join("checkpoint.safetensors");
-    let mut step = 0;
-    if resume && leader {
-        let leftover = run_dir.join("checkpoint.safetensors.tmp");
-        if leftover.exists() {
-            // A write interrupted by a kill: the checkpoint beside it is the last complete one.
-            std::fs::remove_file(&leftover).with_context(|| format!("removing {}", leftover.display()))?;
-            eprintln!("removed {}, left by a checkpoint write that was interrupted", leftover.display());
-        }
-        ensure!(checkpoint_path.exists(), "--resume {}: no checkpoint.safetensors there (the run saved none yet?)", run_dir.display());
-        step = state.load(&checkpoint_path)?;
-        if step >= last_step {
-            eprintln!("{}: the run finished at step {step} of {last_step}; to train it longer, resume with a larger --steps (--epochs for a run counted in epochs)", run_dir.display());
-        } else {
-            eprintln!("resuming {} at step {step} of {last_step}", run_dir.display());
-        }
-    }
+    stop_on_ctrl_c();
+    let mut run = Run::set_up(config, run_dir, dataset, group)?;
+    let mut step = if resume && run.leader { run.restore()? } else { 0 };
     if let Some(group) = group {
         // Same start everywhere (as DDP): rank 0's fresh weights, or its checkpoint.
-        step = state.broadcast_from_rank0(group, step)?;
+        step = run.state.broadcast_from_rank0(group, step)?;
     }
-    let metrics_path = run_dir.join("metrics.jsonl");
-    let mut first_loss = None; // the run's first, also when it resumes
-    let mut metrics: Box<dyn Write> = if leader {
-        // Keep the records up to the checkpoint: steps logged after it (a killed run) are redone.
-        let kept: String = std::fs::read_to_string(&metrics_path)
-            .unwrap_or_default()
-            .lines()
-            .filter(|line| serde_json::from_str::<serde_json::Value>(line).ok().and_then(|r| r["step"].as_u64()).is_some_and(|s| s <= step))
-            .map(|line| format!("{line}\n"))
-            .collect();
-        first_loss = kept.lines().find_map(|line| serde_json::from_str::<serde_json::Value>(line).ok()?["loss"].as_f64());
-        std::fs::write(&metrics_path, kept)?;
-        Box::new(std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path)?)
-    } else {
-        Box::new(std::io::sink())
-    };
-
-    let epoch_of = |s: u64| s / steps_per_epoch;
+    let (mut metrics, mut first_loss) = run.open_metrics(step)?;
+    let loader = run.loader(step)?;
     // The online probe's evaluation images: a fixed stratified subset, so every class counts even
     // where the test split is sorted by class.
     let eval_split = stratified_subset(&dataset.test, config.eval_images.unwrap_or(usize::MAX));
-    let loader = Loader::new(
-        dataset.train.clone(), // an Arc: no copy of the images
-        crop.clone(),
-        LoaderConfig {
-            batch_size: config.batch_size,
-            shard: (rank, world),
-            batches_per_epoch: steps_per_epoch as usize * config.grad_accum,
-            seed: config.seed,
-            start: (epoch_of(step), (step % steps_per_epoch) as usize * config.grad_accum),
-            workers: config.workers,
-            prefetch: 2,
-        },
-    )?;
+    let progress = run.progress_bar(step);
+    let (mut last_terms, mut probe_accuracy, mut interrupted) = (None, None, false);
+    let (mut total_wait, mut total_step_time, mut warmup_times) = (0.0, 0.0, Vec::new());
 
-    let progress = if leader { indicatif::ProgressBar::new(last_step) } else { indicatif::ProgressBar::hidden() }.with_position(step);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .unwrap(),
-    );
-    let vg = crop.global_views as i64;
-    let mut last_terms = None;
-    let (mut total_wait, mut total_step_time) = (0.0, 0.0);
-    let mut probe_acc = None;
-    let mut interrupted = false;
-    let mut warmup_times = Vec::new();
-    // Fault injection for the test suite: a crash of this process at this step.
-    let crash_at_step: Option<u64> = std::env::var("LEJEPA_FAULT_EXIT_STEP").ok().and_then(|s| s.parse().ok());
-
-    // The parameters whose gradients are averaged over the processes, in the same order on every rank.
-    let mut averaged_params: Vec<Tensor> = Vec::new();
-    if group.is_some() {
-        averaged_params.extend(trainable(&state.encoder.vs).into_iter().map(|(_, t)| t));
-        if let Some((vs, _, _)) = &state.probe {
-            averaged_params.extend(trainable(vs).into_iter().map(|(_, t)| t));
-        }
-    }
-    while step < last_step {
-        if crash_at_step == Some(step) {
-            eprintln!("LEJEPA_FAULT_EXIT_STEP: rank {rank} exits at step {step}");
-            std::process::exit(3);
-        }
+    while step < run.schedule.last {
         let step_started = Instant::now();
-        // Drop-path masks are drawn from libtorch's generator: seed it per step so a resumed run
-        // draws what an uninterrupted one would (and per rank, so shards draw independent masks).
-        tch::manual_seed((config.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((rank as u64) << 48)) as i64);
-        let lr = schedule::learning_rate(step, total_steps, warmup_steps, config.lr, config.final_lr_ratio);
-        state.optimizer.zero_grad();
-        if let Some((_, _, opt)) = &mut state.probe {
-            opt.zero_grad();
-        }
-        let mut wait = 0.0;
-        let (mut loss_sum, mut inv_sum, mut sig_sum) = (0.0, 0.0, 0.0);
-        for _ in 0..config.grad_accum {
-            let waited = Instant::now();
-            let batch = loader.next();
-            wait += waited.elapsed().as_secs_f64();
-            let local = batch.local.as_ref().map(|l| l.to_device(device));
-            // Copied before the step is queued (a copy from host memory waits for queued GPU work).
-            let targets = batch.labels.as_ref().filter(|_| state.probe.is_some()).map(|l| l.to_device(device).repeat([vg]));
-            let (terms, global) = lejepa_forward(
-                &state.encoder, &objective, &batch.global.to_device(device), local.as_ref(), crop.global_views, step, config.precision == "bf16", true,
-                group.map(|g| &**g),
-            )?;
-            (&terms.loss / config.grad_accum as f64).f_backward().map_err(|e| anyhow::anyhow!("step {step}: backward failed: {e}"))?;
-            // Online probe on detached global-view features.
-            if let (Some((_, probe, _)), Some(targets)) = (&state.probe, &targets) {
-                let logits = probe.forward(&global.probe.detach().to_kind(if f64_model { Kind::Double } else { Kind::Float }));
-                (logits.cross_entropy_for_logits(targets) / config.grad_accum as f64).backward();
-            }
-            // Read only now: on a GPU reading a value waits for the queued work, and the backward
-            // pass is queued already. A non-finite loss still stops before the optimizer step.
-            let mut values = [terms.loss.double_value(&[]), terms.invariance.double_value(&[]), terms.sigreg.double_value(&[])];
-            if let Some(group) = group {
-                // The global batch's loss (the mean of the shards'), the same on every rank.
-                let reduced = Tensor::from_slice(&values);
-                group.sum_in_place(&[&reduced])?;
-                values = <[f64; 3]>::try_from(Vec::<f64>::try_from(reduced / world as f64)?).unwrap();
-            }
-            if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
-                let term = ["loss", "invariance", "SIGReg"][bad];
-                bail!(
-                    "step {step}: the {term} is not finite (loss {}, invariance {}, SIGReg {}); stopped without saving. \
-                     The last good checkpoint ({}) is intact; try a lower --lr",
-                    values[0], values[1], values[2], checkpoint_path.display()
-                );
-            }
-            loss_sum += values[0];
-            inv_sum += values[1];
-            sig_sum += values[2];
-        }
-        if let Some(group) = group {
-            group.average_gradients(&averaged_params)?;
-        }
-        // A finite loss can still give a non-finite gradient (an overflow, a bad weight): it never reaches the weights.
-        let stores = [Some(("", &state.encoder.vs)), state.probe.as_ref().map(|(vs, _, _)| ("probe.", vs))];
-        if let Some(name) = non_finite_gradient(stores.into_iter().flatten()) {
-            bail!(
-                "step {step}: the gradient of {name} is not finite (the loss was {:.4}); stopped without saving. \
-                 The last good checkpoint ({}) is intact; try a lower --lr",
-                loss_sum / config.grad_accum as f64, checkpoint_path.display()
-            );
-        }
-        state.optimizer.step(lr);
-        if let Some((_, _, opt)) = &mut state.probe {
-            opt.step(config.probe_lr);
-        }
-        let accum = config.grad_accum as f64;
-        let (loss, invariance, sigreg) = (loss_sum / accum, inv_sum / accum, sig_sum / accum);
-        first_loss.get_or_insert(loss);
-        last_terms = Some((loss, invariance, sigreg));
+        let outcome = run.train_step(&loader, step)?;
         step += 1;
-
         let step_seconds = step_started.elapsed().as_secs_f64();
-        total_wait += wait;
-        total_step_time += step_seconds;
+        first_loss.get_or_insert(outcome.loss);
+        last_terms = Some((outcome.loss, outcome.invariance, outcome.sigreg));
+        (total_wait, total_step_time) = (total_wait + outcome.data_wait_seconds, total_step_time + step_seconds);
         let images_per_second = (config.batch_size * config.grad_accum) as f64 / step_seconds;
-        let record = StepRecord { step, epoch: epoch_of(step - 1), loss, invariance, sigreg, lr, images_per_second, data_wait_seconds: wait, step_seconds };
+        let record = StepRecord {
+            step, epoch: run.schedule.epoch_of(step - 1), loss: outcome.loss, invariance: outcome.invariance, sigreg: outcome.sigreg,
+            lr: outcome.lr, images_per_second, data_wait_seconds: outcome.data_wait_seconds, step_seconds,
+        };
         writeln!(metrics, "{}", serde_json::to_string(&record)?)?;
-        progress.set_message(format!("loss {loss:.4} inv {invariance:.4} sigreg {sigreg:.3} lr {lr:.2e} {images_per_second:.0} img/s"));
+        progress.set_message(format!(
+            "loss {:.4} inv {:.4} sigreg {:.3} lr {:.2e} {images_per_second:.0} img/s", outcome.loss, outcome.invariance, outcome.sigreg, outcome.lr
+        ));
         progress.set_position(step);
         // Time estimate from this process's second and third steps (the first also warms up kernels and memory).
         if warmup_times.len() < 3 {
             warmup_times.push(step_seconds);
-            if leader && warmup_times.len() == 3 {
-                let per_step = (warmup_times[1] + warmup_times[2]) / 2.0;
-                let duration = |steps: u64| {
-                    let minutes = steps as f64 * per_step / 60.0;
-                    if minutes < 120.0 { format!("{minutes:.0} min") } else { format!("{:.1} h", minutes / 60.0) }
-                };
-                progress.suspend(|| eprintln!(
-                    "a step takes about {per_step:.1} s: the {} steps left ≈ {}; one epoch ({steps_per_epoch} steps) ≈ {}",
-                    last_step - step, duration(last_step - step), duration(steps_per_epoch)
-                ));
+            if run.leader && warmup_times.len() == 3 {
+                progress.suspend(|| eprintln!("{}", run.schedule.time_estimate(step, (warmup_times[1] + warmup_times[2]) / 2.0)));
             }
         }
-
-        let end_of_epoch = step % steps_per_epoch == 0 || step == last_step;
-        // Every rank evaluates (the same weights, the same images), so none waits in a collective
-        // while rank 0 alone works through the evaluation set.
-        if end_of_epoch {
-            if let Some((_, probe, _)) = &state.probe {
-                match probe_accuracy(&state.encoder, probe, &eval_split, &crop, device) {
-                    Ok(Some(acc)) => {
-                        probe_acc = Some(acc);
-                        writeln!(metrics, "{}", serde_json::json!({"step": step, "epoch": epoch_of(step - 1), "probe_accuracy": acc}))?;
-                        if leader {
-                            progress.suspend(|| eprintln!("epoch {} step {step}: loss {loss:.4}, online probe accuracy {:.2}%", epoch_of(step - 1), 100.0 * acc));
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => progress.suspend(|| eprintln!("warning: no online probe accuracy at step {step}: {e:#}")),
-                }
+        if step % run.schedule.steps_per_epoch == 0 || step == run.schedule.last {
+            if let Some(accuracy) = run.evaluate_online_probe(step, outcome.loss, &eval_split, &mut metrics, &progress)? {
+                probe_accuracy = Some(accuracy);
             }
         }
-        interrupted = STOP.load(Ordering::SeqCst);
-        if let Some(group) = group {
-            // Stop together when any process was interrupted.
-            let flag = Tensor::from(interrupted as i64);
-            group.sum_in_place(&[&flag])?;
-            interrupted = flag.int64_value(&[]) > 0;
-        }
-        if leader && (step % config.checkpoint_every == 0 || step == last_step || interrupted) {
-            state.save(&run_dir, step)?;
-            if config.keep_backbones {
-                std::fs::copy(run_dir.join("backbone.safetensors"), run_dir.join(format!("backbone-step{step}.safetensors")))?;
-            }
+        interrupted = run.interrupted_anywhere()?;
+        if run.leader && (step % config.checkpoint_every == 0 || step == run.schedule.last || interrupted) {
+            run.save_checkpoint(step)?;
         }
         if interrupted {
             break;
         }
     }
     progress.finish_and_clear();
-    if leader && !checkpoint_path.exists() {
-        state.save(&run_dir, step)?;
+    if run.leader && !run.checkpoint_path().exists() {
+        run.save_checkpoint(step)?;
     }
-
     let summary = Summary {
-        run_dir: run_dir.clone(),
+        run_dir: run.run_dir.clone(),
         steps: step,
         first_loss,
         final_loss: last_terms.map(|t| t.0),
         final_invariance: last_terms.map(|t| t.1),
         final_sigreg: last_terms.map(|t| t.2),
         lambda: config.lambda,
-        probe_accuracy: probe_acc,
-        checkpoint: checkpoint_path,
+        probe_accuracy,
+        checkpoint: run.checkpoint_path(),
         interrupted,
         wall_seconds: started.elapsed().as_secs_f64(),
         data_wait_fraction: if total_step_time > 0.0 { total_wait / total_step_time } else { 0.0 },
-        estimated_step_bytes,
+        estimated_step_bytes: run.estimated_step_bytes,
         peak_resident_bytes: memory::peak_resident_bytes(),
         unreadable_files: dataset.unreadable(),
     };
-    if leader {
-        std::fs::write(run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
-        if let Err(e) = plots::draw(&metrics_path, &run_dir) {
-            eprintln!("warning: no plots drawn: {e:#}");
+    run.finish(&summary)?;
+    Ok(summary)
+}
+
+impl<'a> Run<'a> {
+    /// One LeJEPA step, MINIMAL.md's loop body: views → encoder → projector → objective → backward →
+    /// AdamW (the gradients summed over `grad_accum` micro-batches and averaged over the processes),
+    /// with the online probe trained beside it on the detached global-view features.
+    fn train_step(&mut self, loader: &Loader, step: u64) -> Result<StepOutcome> {
+        let (config, device, accum) = (self.config, self.device, self.config.grad_accum as f64);
+        // Drop-path masks are drawn from libtorch's generator: seed it per step so a resumed run
+        // draws what an uninterrupted one would (and per rank, so shards draw independent masks).
+        tch::manual_seed((config.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((self.rank as u64) << 48)) as i64);
+        let lr = self.schedule.learning_rate(step);
+        self.state.zero_grad();
+        let (mut sums, mut data_wait_seconds) = ([0.0; 3], 0.0);
+        for _ in 0..config.grad_accum {
+            let waited = Instant::now();
+            let batch = loader.next();
+            data_wait_seconds += waited.elapsed().as_secs_f64();
+            let (global, local) = (batch.global.to_device(device), batch.local.as_ref().map(|l| l.to_device(device)));
+            let targets = self.probe_targets(batch.labels.as_ref()); // copied before the step is queued on a GPU
+            let views = Views { global: &global, local: local.as_ref(), global_views: self.crop.global_views };
+            let options = ForwardOptions { step, bf16: config.precision == Precision::Bf16, train: true, group: self.group.map(|g| &**g) };
+            let (terms, features) = lejepa_forward(&self.state.encoder, &self.objective, &views, options)?;
+            (&terms.loss / accum).f_backward().map_err(|e| anyhow::anyhow!("step {step}: backward failed: {e}"))?;
+            self.probe_backward(&features, targets.as_ref(), accum);
+            let values = self.global_values(&terms, step)?;
+            sums.iter_mut().zip(values).for_each(|(sum, value)| *sum += value);
+        }
+        if let Some(group) = self.group {
+            group.average_gradients(&self.averaged_params)?;
+        }
+        self.ensure_finite_gradients(step, sums[0] / accum)?;
+        self.state.optimizer.step(lr);
+        if let Some((_, _, optimizer)) = &mut self.state.probe {
+            optimizer.step(config.probe_lr);
+        }
+        let [loss, invariance, sigreg] = sums.map(|sum| sum / accum);
+        Ok(StepOutcome { loss, invariance, sigreg, lr, data_wait_seconds })
+    }
+
+    /// Records the run (config, versions, the exact views), builds model, objective and optimizers, and
+    /// checks that a step fits in memory.
+    fn set_up(config: &'a Config, run_dir: &Path, dataset: &'a Dataset, group: Option<&'a Arc<ProcessGroup>>) -> Result<Run<'a>> {
+        let (rank, world) = group.map_or((0, 1), |g| (g.rank, g.world));
+        if let Some(threads) = config.threads {
+            tch::set_num_threads(threads as i32);
+        }
+        let device: Device = config.device.into();
+        ensure!(device == Device::Cpu || tch::Cuda::is_available(), "--device {}: CUDA is not available on this machine", config.device);
+        let crop = Arc::new(config.multicrop(dataset)?);
+        if rank == 0 {
+            std::fs::write(run_dir.join("config.toml"), toml::to_string(config)?)?;
+            let meta = serde_json::json!({
+                "lejepa_version": env!("CARGO_PKG_VERSION"), "git_commit": env!("LEJEPA_GIT_COMMIT"),
+                "libtorch_version": env!("LIBTORCH_VERSION"), "device": config.device, "processes": world,
+            });
+            std::fs::write(run_dir.join("meta.json"), serde_json::to_string_pretty(&meta)?)?;
+            std::fs::write(run_dir.join("augment.toml"), toml::to_string(&*crop)?)?; // the exact views, for the record and for evaluation
+        }
+
+        let arch = Arch::from_name(&config.arch)?;
+        tch::manual_seed(config.seed as i64);
+        let mut encoder = Encoder::new(device, arch, dataset.channels as i64, crop.global.size as i64, config.drop_path, &config.projector)?;
+        let f64_model = config.precision == Precision::F64;
+        if f64_model {
+            encoder.vs.double();
+        }
+        let optimizer = AdamW::new(trainable(&encoder.vs), config.weight_decay);
+        let labeled = dataset.train.labels.is_some() && !dataset.classes.is_empty();
+        let probe = (config.online_probe && labeled).then(|| {
+            let mut vs = nn::VarStore::new(Device::Cpu); // initialised on the CPU, as the encoder
+            let probe = LinearProbe::new(&vs.root(), encoder.backbone.probe_dim(), dataset.classes.len() as i64);
+            vs.set_device(device);
+            if f64_model {
+                vs.double();
+            }
+            let optimizer = AdamW::new(trainable(&vs), config.probe_weight_decay);
+            (vs, probe, optimizer)
+        });
+        let sigreg = SigReg {
+            test: NormalityTest::from_name("epps-pulley", config.t_max, config.knots)?,
+            slices: config.slices,
+            seed: config.seed,
+            reduction: Reduction::Mean,
+        };
+        let mut run = Run {
+            config,
+            dataset,
+            group,
+            rank,
+            world,
+            leader: rank == 0,
+            device,
+            run_dir: run_dir.to_path_buf(),
+            crop,
+            state: State { encoder, optimizer, probe },
+            objective: LeJepaObjective::new(config.lambda, sigreg)?,
+            schedule: Schedule::of(config, dataset.train.len(), world)?,
+            averaged_params: Vec::new(),
+            estimated_step_bytes: None,
+        };
+        if device == Device::Cpu {
+            run.estimate_memory()?;
+        }
+        if let Some(group) = group {
+            if config.sync_batch_norm {
+                run.state.encoder.sync_batch_norm(group);
+            }
+            run.averaged_params = run.state.trainable_tensors();
+        }
+        Ok(run)
+    }
+
+    /// Will it fit? One forward/backward at 2 and 4 samples of the real views, extrapolated (CPU).
+    fn estimate_memory(&mut self) -> Result<()> {
+        let (config, crop, device) = (self.config, &self.crop, self.device);
+        let (c, sg, sl) = (self.dataset.channels as i64, crop.global.size as i64, crop.local.size as i64);
+        let vl = crop.local_views as i64;
+        self.estimated_step_bytes = memory::estimate_step_bytes(config.batch_size, |n| {
+            let n = n as i64;
+            let global = Tensor::zeros([crop.global_views as i64 * n, c, sg, sg], (Kind::Float, device));
+            let local = (vl > 0).then(|| Tensor::zeros([vl * n, c, sl, sl], (Kind::Float, device)));
+            let views = Views { global: &global, local: local.as_ref(), global_views: crop.global_views };
+            let options = ForwardOptions { step: 0, bf16: config.precision == Precision::Bf16, train: false, group: None };
+            if let Ok((terms, _)) = lejepa_forward(&self.state.encoder, &self.objective, &views, options) {
+                terms.loss.backward();
+            }
+        });
+        if let Some(bytes) = self.estimated_step_bytes {
+            eprintln!("estimated memory of a training step: {:.2} GB", bytes as f64 / 1e9);
+            memory::ensure_fits(bytes, &format!("{} at batch size {}", config.arch, config.batch_size))?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint_path(&self) -> PathBuf {
+        self.run_dir.join("checkpoint.safetensors")
+    }
+
+    /// Restores the run's checkpoint (rank 0); returns the step to continue from.
+    fn restore(&mut self) -> Result<u64> {
+        let leftover = self.run_dir.join("checkpoint.safetensors.tmp");
+        if leftover.exists() {
+            // A write interrupted by a kill: the checkpoint beside it is the last complete one.
+            std::fs::remove_file(&leftover).with_context(|| format!("removing {}", leftover.display()))?;
+            eprintln!("removed {}, left by a checkpoint write that was interrupted", leftover.display());
+        }
+        let (path, shown, last) = (self.checkpoint_path(), self.run_dir.display(), self.schedule.last);
+        ensure!(path.exists(), "--resume {shown}: no checkpoint.safetensors there (the run saved none yet?)");
+        let step = self.state.load(&path)?;
+        if step >= last {
+            eprintln!("{shown}: the run finished at step {step} of {last}; to train it longer, resume with a larger --steps (--epochs for a run counted in epochs)");
+        } else {
+            eprintln!("resuming {shown} at step {step} of {last}");
+        }
+        Ok(step)
+    }
+
+    /// The metrics log, opened for appending (rank 0; elsewhere a sink), and the run's first loss. Records
+    /// after `step` (logged by a run killed after its checkpoint) are dropped: those steps are redone.
+    fn open_metrics(&self, step: u64) -> Result<(Box<dyn Write>, Option<f64>)> {
+        if !self.leader {
+            return Ok((Box::new(std::io::sink()), None));
+        }
+        let path = self.run_dir.join("metrics.jsonl");
+        let kept: String = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| serde_json::from_str::<serde_json::Value>(line).ok().and_then(|r| r["step"].as_u64()).is_some_and(|s| s <= step))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let first_loss = kept.lines().find_map(|line| serde_json::from_str::<serde_json::Value>(line).ok()?["loss"].as_f64());
+        std::fs::write(&path, kept)?;
+        Ok((Box::new(std::fs::OpenOptions::new().append(true).create(true).open(&path)?), first_loss))
+    }
+
+    /// This process's batches from `step` on.
+    fn loader(&self, step: u64) -> Result<Loader> {
+        let steps_per_epoch = self.schedule.steps_per_epoch;
+        Loader::new(
+            self.dataset.train.clone(), // an Arc: no copy of the images
+            self.crop.clone(),
+            LoaderConfig {
+                batch_size: self.config.batch_size,
+                shard: (self.rank, self.world),
+                batches_per_epoch: steps_per_epoch as usize * self.config.grad_accum,
+                seed: self.config.seed,
+                start: (self.schedule.epoch_of(step), (step % steps_per_epoch) as usize * self.config.grad_accum),
+                workers: self.config.workers,
+                prefetch: 2,
+            },
+        )
+    }
+
+    fn progress_bar(&self, step: u64) -> indicatif::ProgressBar {
+        let bar = if self.leader { indicatif::ProgressBar::new(self.schedule.last) } else { indicatif::ProgressBar::hidden() };
+        bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").unwrap());
+        bar.with_position(step)
+    }
+
+    /// The online probe's targets on the device, one per global view (none without the probe).
+    fn probe_targets(&self, labels: Option<&Tensor>) -> Option<Tensor> {
+        let views = self.crop.global_views as i64;
+        labels.filter(|_| self.state.probe.is_some()).map(|l| l.to_device(self.device).repeat([views]))
+    }
+
+    /// The online probe's gradient, on detached global-view features: it learns to read the encoder
+    /// without teaching it anything.
+    fn probe_backward(&self, features: &crate::models::Features, targets: Option<&Tensor>, accum: f64) {
+        if let (Some((_, probe, _)), Some(targets)) = (&self.state.probe, targets) {
+            let kind = if self.config.precision == Precision::F64 { Kind::Double } else { Kind::Float };
+            let logits = probe.forward(&features.probe.detach().to_kind(kind));
+            (logits.cross_entropy_for_logits(targets) / accum).backward();
         }
     }
-    if let Some(group) = group {
-        group.barrier()?; // everyone leaves once rank 0's last checkpoint is on disk
+
+    /// The loss terms of the global batch (the mean of the shards'), read only after the backward pass
+    /// is queued (on a GPU a read waits for queued work); a non-finite one stops the run before AdamW.
+    fn global_values(&self, terms: &crate::objective::LossTerms, step: u64) -> Result<[f64; 3]> {
+        let mut values = [terms.loss.double_value(&[]), terms.invariance.double_value(&[]), terms.sigreg.double_value(&[])];
+        if let Some(group) = self.group {
+            let reduced = Tensor::from_slice(&values);
+            group.sum_in_place(&[&reduced])?;
+            values = <[f64; 3]>::try_from(Vec::<f64>::try_from(reduced / self.world as f64)?).unwrap();
+        }
+        if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
+            let term = ["loss", "invariance", "SIGReg"][bad];
+            bail!(
+                "step {step}: the {term} is not finite (loss {}, invariance {}, SIGReg {}); stopped without saving. \
+                 The last good checkpoint ({}) is intact; try a lower --lr",
+                values[0], values[1], values[2], self.checkpoint_path().display()
+            );
+        }
+        Ok(values)
     }
-    Ok(summary)
+
+    /// A finite loss can still give a non-finite gradient (an overflow, a bad weight): it never reaches the weights.
+    fn ensure_finite_gradients(&self, step: u64, loss: f64) -> Result<()> {
+        let stores = [Some(("", &self.state.encoder.vs)), self.state.probe.as_ref().map(|(vs, _, _)| ("probe.", vs))];
+        if let Some(name) = non_finite_gradient(stores.into_iter().flatten()) {
+            bail!(
+                "step {step}: the gradient of {name} is not finite (the loss was {loss:.4}); stopped without saving. \
+                 The last good checkpoint ({}) is intact; try a lower --lr",
+                self.checkpoint_path().display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The online probe's accuracy at the end of an epoch, logged and printed. Every rank evaluates (the
+    /// same weights, the same images), so none waits in a collective while rank 0 alone works through them.
+    fn evaluate_online_probe(
+        &self, step: u64, loss: f64, eval: &Split, metrics: &mut dyn Write, progress: &indicatif::ProgressBar,
+    ) -> Result<Option<f64>> {
+        let Some((_, probe, _)) = &self.state.probe else { return Ok(None) };
+        let epoch = self.schedule.epoch_of(step - 1);
+        match probe_accuracy(&self.state.encoder, probe, eval, &self.crop, self.device) {
+            Ok(Some(accuracy)) => {
+                writeln!(metrics, "{}", serde_json::json!({"step": step, "epoch": epoch, "probe_accuracy": accuracy}))?;
+                if self.leader {
+                    progress.suspend(|| eprintln!("epoch {epoch} step {step}: loss {loss:.4}, online probe accuracy {:.2}%", 100.0 * accuracy));
+                }
+                Ok(Some(accuracy))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                progress.suspend(|| eprintln!("warning: no online probe accuracy at step {step}: {e:#}"));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether Ctrl-C reached this process or, in a group, any process (all then stop together).
+    fn interrupted_anywhere(&self) -> Result<bool> {
+        let interrupted = STOP.load(Ordering::SeqCst);
+        let Some(group) = self.group else { return Ok(interrupted) };
+        let flag = Tensor::from(interrupted as i64);
+        group.sum_in_place(&[&flag])?;
+        Ok(flag.int64_value(&[]) > 0)
+    }
+
+    fn save_checkpoint(&self, step: u64) -> Result<()> {
+        self.state.save(&self.run_dir, step)?;
+        if self.config.keep_backbones {
+            std::fs::copy(self.run_dir.join("backbone.safetensors"), self.run_dir.join(format!("backbone-step{step}.safetensors")))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the summary and the plots (rank 0), then waits for every process: all leave once rank 0's
+    /// last checkpoint is on disk.
+    fn finish(&self, summary: &Summary) -> Result<()> {
+        if self.leader {
+            std::fs::write(self.run_dir.join("summary.json"), serde_json::to_string_pretty(summary)?)?;
+            if let Err(e) = plots::draw(&self.run_dir.join("metrics.jsonl"), &self.run_dir) {
+                eprintln!("warning: no plots drawn: {e:#}");
+            }
+        }
+        if let Some(group) = self.group {
+            group.barrier()?;
+        }
+        Ok(())
+    }
+}
+
+/// Accuracy of the online probe on the evaluation images, backbone in eval mode.
+fn probe_accuracy(encoder: &Encoder, probe: &LinearProbe, eval: &Split, crop: &MultiCrop, device: Device) -> Result<Option<f64>> {
+    let Some(labels) = eval.labels.as_ref().filter(|l| !l.is_empty()) else { return Ok(None) };
+    let features = crate::eval::features(&encoder.backbone, eval, crop, crate::eval::FeatureKind::Probe, device)?;
+    let features = features.to_device(device).to_kind(probe.kind());
+    let predicted = tch::no_grad(|| probe.forward(&features).argmax(-1, false).to_device(Device::Cpu));
+    let correct = predicted.eq_tensor(&Tensor::from_slice(labels)).sum(Kind::Int64).int64_value(&[]);
+    Ok(Some(correct as f64 / labels.len() as f64))
+}
+
+/// Ctrl-C asks the loop to save a checkpoint and stop after the current step; a second one quits at once.
+fn stop_on_ctrl_c() {
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit at once)");
+    });
+    STOP.store(false, Ordering::SeqCst);
 }

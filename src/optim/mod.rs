@@ -1,9 +1,12 @@
-//! AdamW exactly as `torch.optim.AdamW` (decoupled weight decay, bias-corrected moments), in Rust so
-//! that its state can be checkpointed and restored (tch's optimizers keep theirs inside C++).
+//! What pretraining and the linear probe both optimize with: AdamW exactly as `torch.optim.AdamW`
+//! (decoupled weight decay, bias-corrected moments), in Rust so that its state can be checkpointed and
+//! restored (tch's optimizers keep theirs inside C++), and the learning-rate schedule.
+
+pub mod schedule;
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 
-use tch::Tensor;
+use tch::{Tensor, nn};
 use torch_sys::C_tensor;
 
 unsafe extern "C" {
@@ -13,6 +16,13 @@ unsafe extern "C" {
     ) -> *mut c_char;
     fn lejepa_clear_grad(param: *mut C_tensor);
     fn free(pointer: *mut c_void);
+}
+
+/// A store's trainable variables, sorted by name (the order every rank and every checkpoint uses).
+pub fn trainable(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
 }
 
 pub struct AdamW {
