@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use crate::cli::data_args::DataArgs;
 use crate::data::Dataset;
-use crate::train::config::{Augment, ComputeDevice, Config, Precision, crop_reason, crop_scales_for};
+use crate::train::config::{Augment, ComputeDevice, Config, Flip, Precision, crop_reason, crop_scales_for};
 
 /// Flags for every field; each one, when given, overrides the preset and the file.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -70,7 +70,7 @@ pub struct ConfigArgs {
     /// SIGReg: trapezoid knots on [0, t_max] (17 in the paper).
     #[arg(long)]
     pub knots: Option<usize>,
-    /// Stochastic depth rate of the backbone's residual branches.
+    /// Stochastic depth rate of the backbone's last residual branch (linearly less in earlier ones).
     #[arg(long)]
     pub drop_path: Option<f64>,
     /// View recipe: lejepa (global 0.3–1 + local 0.05–0.3 crops) or minimal (MINIMAL.md).
@@ -94,6 +94,15 @@ pub struct ConfigArgs {
     /// Local views' crop scale, fractions of the image's area as LOW,HIGH (default: the preset's; the recipe's 0.05,0.3 where it sets none)
     #[arg(long, value_name = "LOW,HIGH", value_parser = parse_scale)]
     pub local_scale: Option<[f64; 2]>,
+    /// Flips for your domain: none (digits, text), h (photos; the paper's), hv (cells, tissue, satellite, sky).
+    #[arg(long, value_enum)]
+    pub flip: Option<Flip>,
+    /// No solarization (where brightness is the signal, e.g. electroluminescence images of defects).
+    #[arg(long)]
+    pub no_solarize: bool,
+    /// Colour jitter strength: 1 the paper's (brightness and contrast ±40%), 0.5 half of it, 0 none.
+    #[arg(long)]
+    pub jitter: Option<f64>,
     /// A complete view recipe in the format of a run's augment.toml.
     #[arg(long)]
     pub augment_file: Option<PathBuf>,
@@ -206,7 +215,7 @@ impl ConfigArgs {
         }
         set!(arch, projector, epochs, batch_size, grad_accum, lr, final_lr_ratio, warmup_epochs, weight_decay,
              lambda, slices, t_max, knots, drop_path, augment, global_views, local_views, seed, device, precision,
-             workers, checkpoint_every, probe_lr, probe_weight_decay);
+             workers, checkpoint_every, probe_lr, probe_weight_decay, flip, jitter);
         macro_rules! set_option {
             ($($field:ident),*) => { $( if self.$field.is_some() { c.$field = self.$field.clone(); } )* };
         }
@@ -225,6 +234,9 @@ impl ConfigArgs {
         }
         if self.keep_backbones {
             c.keep_backbones = true;
+        }
+        if self.no_solarize {
+            c.solarize = false;
         }
         c.validate()?;
         Ok(c)
@@ -293,5 +305,34 @@ mod tests {
         assert_eq!((config.global_scale, config.local_scale), (None, None));
         let args = ConfigArgs { preset: "default".into(), final_probe_images: Some(0), ..Default::default() };
         assert_eq!(args.resolve().unwrap().final_probe_images, None);
+        // The same keys in a --config file replace the same way.
+        let file = std::env::temp_dir().join(format!("lejepa-config-test-{}.toml", std::process::id()));
+        std::fs::write(&file, "epochs = 2\n").unwrap();
+        let args = ConfigArgs { preset: "default".into(), config: Some(file.clone()), ..Default::default() };
+        let config = args.resolve();
+        std::fs::remove_file(&file).unwrap();
+        let config = config.unwrap();
+        assert_eq!((config.epochs, config.steps, config.warmup_steps), (2, None, None));
+    }
+
+    /// The domain switches reach both view recipes; on gray images the recipe says that saturation, hue and
+    /// grayscale do nothing; a recipe file cannot be combined with them.
+    #[test]
+    fn domain_switches_set_the_view_recipes() {
+        let dataset = crate::data::open("digits", &Default::default()).unwrap();
+        let default = resolve(&["--preset", "cpu-small"]).unwrap().multicrop(&dataset).unwrap();
+        assert_eq!((default.global.flip_p, default.global.vflip_p, default.global.solarize_p, default.global.brightness), (0.5, 0.0, 0.2, 0.4));
+        assert_eq!((default.global.saturation, default.global.hue, default.global.grayscale_p), (0.0, 0.0, 0.0), "gray images");
+        let config = resolve(&["--preset", "cpu-small", "--flip", "hv", "--no-solarize", "--jitter", "0.5"]).unwrap();
+        let crop = config.multicrop(&dataset).unwrap();
+        for recipe in [&crop.global, &crop.local] {
+            assert_eq!((recipe.flip_p, recipe.vflip_p, recipe.solarize_p), (0.5, 0.5, 0.0));
+            assert_eq!((recipe.brightness, recipe.contrast), (0.2, 0.2));
+        }
+        let none = resolve(&["--flip", "none"]).unwrap().multicrop(&dataset).unwrap();
+        assert_eq!((none.global.flip_p, none.local.vflip_p), (0.0, 0.0));
+        let error = resolve(&["--no-solarize", "--augment-file", "recipe.toml"]).unwrap_err().to_string();
+        assert!(error.contains("augment_file"), "{error}");
+        assert!(resolve(&["--jitter", "3"]).is_err());
     }
 }

@@ -22,6 +22,9 @@ pub struct ViewRecipe {
     pub scale: [f64; 2],
     pub ratio: [f64; 2],
     pub flip_p: f64,
+    /// Vertical flips (valid for cells, tissue, satellite and sky images; none in the paper's recipe).
+    #[serde(default)]
+    pub vflip_p: f64,
     /// ColorJitter, applied with probability jitter_p in a random order of its four parts
     /// (saturation and hue only for colour images).
     pub jitter_p: f64,
@@ -46,6 +49,7 @@ impl ViewRecipe {
             scale,
             ratio: [3.0 / 4.0, 4.0 / 3.0],
             flip_p: 0.5,
+            vflip_p: 0.0,
             jitter_p: 0.8,
             brightness: 0.4,
             contrast: 0.4,
@@ -54,8 +58,7 @@ impl ViewRecipe {
             grayscale_p: 0.2,
             blur_p: 0.5,
             blur_sigma: [0.1, 2.0],
-            // DINO uses 23 px at 224 px: about a tenth of the view, odd.
-            blur_kernel: (size / 10) | 1,
+            blur_kernel: blur_kernel_for(size),
             solarize_p: 0.2,
         }
     }
@@ -72,6 +75,12 @@ pub struct MultiCrop {
     /// Per-channel normalisation (the dataset's own statistics by default).
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+}
+
+/// The blur kernel for a view of `size` px: a tenth of the view, odd (DINO's 23 taps at 224 px), and at
+/// least 3 taps, so that small views are blurred too (torchvision blurs a 12-px view with 3).
+pub fn blur_kernel_for(size: usize) -> usize {
+    ((size / 10) | 1).max(3)
 }
 
 /// Rounds to the nearest positive multiple of `multiple` (a ViT's patch size).
@@ -145,7 +154,7 @@ impl MultiCrop {
             if recipe.size == 0 {
                 return bad("size must be positive".into());
             }
-            for (name, p) in [("flip_p", recipe.flip_p), ("jitter_p", recipe.jitter_p), ("grayscale_p", recipe.grayscale_p), ("blur_p", recipe.blur_p), ("solarize_p", recipe.solarize_p)] {
+            for (name, p) in [("flip_p", recipe.flip_p), ("vflip_p", recipe.vflip_p), ("jitter_p", recipe.jitter_p), ("grayscale_p", recipe.grayscale_p), ("blur_p", recipe.blur_p), ("solarize_p", recipe.solarize_p)] {
                 if !(0.0..=1.0).contains(&p) {
                     return bad(format!("{name} = {p} is not a probability in [0, 1]"));
                 }
@@ -208,7 +217,8 @@ impl MultiCrop {
 /// not depend on thread count or order.
 pub fn view_rng(seed: u64, epoch: u64, index: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream((epoch << 40) | index);
+    // Bit 62 keeps these streams apart from SIGReg's directions (stream = step) and the epoch orders (the top ones).
+    rng.set_stream((1 << 62) | (epoch << 40) | index);
     rng
 }
 
@@ -245,6 +255,10 @@ fn augment(image: &Image, recipe: &ViewRecipe, rng: &mut ChaCha8Rng) -> Vec<f32>
     let flip = rng.random_bool(recipe.flip_p);
     let mut view = resized_crop(image, top, left, h, w, recipe.size, flip);
     let (c, size) = (image.channels, recipe.size);
+    // Drawn only where the recipe has vertical flips, so that other recipes draw exactly what they did before.
+    if recipe.vflip_p > 0.0 && rng.random_bool(recipe.vflip_p) {
+        flip_rows(&mut view, c, size);
+    }
     if rng.random_bool(recipe.jitter_p) {
         color_jitter(&mut view, c, recipe, rng);
     }
@@ -329,6 +343,16 @@ fn blend_toward(view: &mut [f32], factor: f32, target: impl Fn(usize) -> f32) {
 }
 
 /// torchvision's ColorJitter: factors drawn first, the four adjustments applied in random order.
+/// Mirrors a planar `[C, size, size]` view top to bottom.
+fn flip_rows(view: &mut [f32], channels: usize, size: usize) {
+    for plane in view.chunks_exact_mut(size * size).take(channels) {
+        for row in 0..size / 2 {
+            let (top, bottom) = plane.split_at_mut((size - 1 - row) * size);
+            top[row * size..(row + 1) * size].swap_with_slice(&mut bottom[..size]);
+        }
+    }
+}
+
 fn color_jitter(view: &mut [f32], channels: usize, recipe: &ViewRecipe, rng: &mut ChaCha8Rng) {
     let factor = |strength: f64, rng: &mut ChaCha8Rng| rng.random_range((1.0 - strength).max(0.0)..=1.0 + strength) as f32;
     let brightness = factor(recipe.brightness, rng);
@@ -437,6 +461,47 @@ fn gaussian_blur(view: &mut [f32], channels: usize, size: usize, kernel: usize, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A recipe with vertical flips only (p = 1) gives the crop mirrored top to bottom, every channel.
+    #[test]
+    fn vertical_flips_mirror_rows() {
+        let image = Image { width: 4, height: 4, channels: 2, pixels: (0..32).map(|v| v as u8 * 7).collect() };
+        let mut recipe = ViewRecipe::lejepa(4, [1.0, 1.0]);
+        (recipe.ratio, recipe.flip_p, recipe.jitter_p, recipe.grayscale_p, recipe.blur_p, recipe.solarize_p) = ([1.0, 1.0], 0.0, 0.0, 0.0, 0.0, 0.0);
+        let plain = augment(&image, &recipe, &mut view_rng(0, 0, 0));
+        recipe.vflip_p = 1.0;
+        let flipped = augment(&image, &recipe, &mut view_rng(0, 0, 0));
+        for c in 0..2 {
+            for y in 0..4 {
+                for x in 0..4 {
+                    assert_eq!(flipped[(c * 4 + y) * 4 + x], plain[(c * 4 + 3 - y) * 4 + x], "channel {c} row {y}");
+                }
+            }
+        }
+        assert_ne!(flipped, plain);
+    }
+
+    /// DINO's 23 taps at 224 px, and small views blurred with 3 taps as torchvision blurs them (never 1: no blur).
+    #[test]
+    fn blur_kernels_are_a_tenth_of_the_view_and_at_least_three_taps() {
+        let kernels: Vec<usize> = [224, 96, 28, 12, 8].into_iter().map(blur_kernel_for).collect();
+        assert_eq!(kernels, [23, 9, 3, 3, 3]);
+        let recipe = MultiCrop::lejepa(28, 1, 2, 4);
+        assert_eq!((recipe.global.blur_kernel, recipe.local.blur_kernel), (3, 3));
+    }
+
+    /// Sample k's views in epoch 0 and SIGReg's directions at step k (stream k of the same seed) are drawn
+    /// from different random streams.
+    #[test]
+    fn view_streams_are_not_the_directions_streams() {
+        for k in [0u64, 1, 7] {
+            let mut directions = ChaCha8Rng::seed_from_u64(0);
+            directions.set_stream(k);
+            let mut views = view_rng(0, 0, k);
+            let (a, b): (Vec<u64>, Vec<u64>) = (0..4).map(|_| (directions.random::<u64>(), views.random::<u64>())).unzip();
+            assert_ne!(a, b, "stream {k}");
+        }
+    }
 
     fn ramp(width: usize, height: usize) -> Image {
         let pixels = (0..height).flat_map(|_| (0..width).map(move |x| ((x * 255) / (width - 1)) as u8)).collect();

@@ -28,7 +28,7 @@ pub struct Batch {
 /// The sample order of an epoch: a fixed-seed permutation.
 pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(u64::MAX - epoch); // view generators use streams (epoch << 40) | index
+    rng.set_stream(u64::MAX - epoch); // views use 2^62 | (epoch << 40) | index, SIGReg's directions the step
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rng);
     order

@@ -82,6 +82,19 @@ impl From<ComputeDevice> for tch::Device {
     }
 }
 
+/// Which flips the views get.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Flip {
+    /// No flips: mirrored digits or text are other classes.
+    None,
+    /// Horizontal flips with p 0.5 (the paper's).
+    #[default]
+    H,
+    /// Horizontal and vertical flips, each with p 0.5.
+    Hv,
+}
+
 /// The view recipe a run starts from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -138,6 +151,16 @@ pub struct Config {
     /// (lejepa: 0.3–1 and 0.05–0.3). On 28 px Fashion-MNIST milder ones gave the f32 hour about 2 points (RESULTS.md).
     pub global_scale: Option<[f64; 2]>,
     pub local_scale: Option<[f64; 2]>,
+    /// Flips for the domain: none (digits, text), h (the paper's: photos), hv (cells, tissue, satellite and
+    /// sky images, where up and down are arbitrary too).
+    #[serde(default)]
+    pub flip: Flip,
+    /// RandomSolarize (p 0.2); off where brightness is the signal (electroluminescence images of defects).
+    #[serde(default = "default_true")]
+    pub solarize: bool,
+    /// Colour jitter strength: 1 is the paper's (brightness and contrast ±40%, saturation ±20%, hue ±0.1), 0 none.
+    #[serde(default = "default_one")]
+    pub jitter: f64,
     /// A complete view recipe (the format of a run's augment.toml: every crop, jitter, blur and
     /// normalisation parameter) used instead of the one above.
     pub augment_file: Option<PathBuf>,
@@ -173,6 +196,10 @@ pub struct Config {
     pub keep_backbones: bool,
     /// Parent folder of run directories.
     pub out: PathBuf,
+}
+
+fn default_one() -> f64 {
+    1.0
 }
 
 fn default_true() -> bool {
@@ -223,6 +250,9 @@ impl Config {
             final_probe_images: None,
             checkpoint_every: 200,
             keep_backbones: false,
+            flip: Flip::H,
+            solarize: true,
+            jitter: 1.0,
             out: "runs".into(),
         };
         Ok(match name {
@@ -245,7 +275,7 @@ impl Config {
             },
             "cpu-small" => cpu_small,
             // The CPU hour of RESULTS.md: cpu-small in bf16 with the schedule spanning 6 epochs (52 minutes and
-            // 86.1% on the project's 2-core VM, whose CPU has bf16 units; 4 epochs in f32 fill the same hour).
+            // 86.1% on 2 cores of a CPU with bf16 units; 4 epochs in f32 fill the same hour).
             "cpu-hour" => Config { epochs: 6, precision: Precision::Bf16, ..cpu_small },
             // The best f32 hour of RESULTS.md: cpu-small with a ResNet-18 (small-image stem) and the mildest crops,
             // the schedule spanning 2 epochs and stopped at step 850 (a convolutional network learns these 28 px
@@ -258,13 +288,15 @@ impl Config {
                 local_scale: Some([0.5, 0.8]),
                 ..cpu_small
             },
-            // MINIMAL.md's recommended run: 4 same-size views, λ 0.02, projector to 16, lr 2e-3, bs 256.
+            // MINIMAL.md's recommended run: 4 same-size views, λ 0.02, projector to 16, lr 2e-3, bs 256; its
+            // cosine ends at an absolute 1e-3 (eta_min), half the peak.
             "minimal" => Config {
                 arch: "vit-small-patch8".into(),
                 projector: vec![2048, 2048, 16],
                 epochs: 800,
                 batch_size: 256,
                 lr: 2e-3,
+                final_lr_ratio: 0.5,
                 warmup_epochs: 1.0,
                 lambda: 0.02,
                 drop_path: 0.1,
@@ -366,10 +398,11 @@ impl Config {
     }
 
     /// `config` with a TOML file's keys laid over it.
-    pub fn layered(config: Config, file: Option<&Path>) -> Result<Config> {
+    pub fn layered(mut config: Config, file: Option<&Path>) -> Result<Config> {
         let Some(file) = file else { return Ok(config) };
         let text = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read config", file.display()))?;
         let overrides: toml::Table = text.parse().with_context(|| format!("{}: not valid TOML", file.display()))?;
+        config.clear_replaced(|key| overrides.contains_key(key)); // as a flag would: `epochs` replaces a preset's `steps`
         let mut merged = toml::Table::try_from(&config)?;
         for (key, value) in overrides {
             merged.insert(key, value);
@@ -390,6 +423,11 @@ impl Config {
         ensure!(self.slices >= 1, "slices must be at least 1");
         ensure!((0.0..1.0).contains(&self.drop_path), "drop_path must lie in [0, 1)");
         ensure!(!self.projector.is_empty(), "projector needs at least one layer");
+        ensure!((0.0..=2.5).contains(&self.jitter), "jitter must lie in [0, 2.5] (1 is the paper's strength), got {}", self.jitter);
+        ensure!(
+            self.augment_file.is_none() || (self.flip, self.solarize, self.jitter) == (Flip::H, true, 1.0),
+            "flip, solarize and jitter cannot be combined with augment_file (the file sets them itself)"
+        );
         for (name, scale) in [("global_scale", self.global_scale), ("local_scale", self.local_scale)] {
             if let Some([low, high]) = scale {
                 ensure!(0.0 < low && low <= high && high <= 1.0, "{name} must be two fractions of the image's area with 0 < low ≤ high ≤ 1, got {low}, {high}");
@@ -430,9 +468,29 @@ impl Config {
         });
         for (recipe, size, scale) in [(&mut crop.global, global_size, self.global_scale), (&mut crop.local, local_size, self.local_scale)] {
             recipe.size = size;
-            recipe.blur_kernel = (size / 10) | 1;
+            if self.augment == Augment::Lejepa {
+                recipe.blur_kernel = crate::data::augment::blur_kernel_for(size); // minimal keeps MINIMAL.md's 7
+            }
             if let Some(scale) = scale {
                 recipe.scale = scale;
+            }
+        }
+        for recipe in [&mut crop.global, &mut crop.local] {
+            (recipe.flip_p, recipe.vflip_p) = match self.flip {
+                Flip::None => (0.0, 0.0),
+                Flip::H => (recipe.flip_p, 0.0),
+                Flip::Hv => (0.5, 0.5),
+            };
+            if !self.solarize {
+                recipe.solarize_p = 0.0;
+            }
+            recipe.brightness *= self.jitter;
+            recipe.contrast *= self.jitter;
+            recipe.saturation *= self.jitter;
+            recipe.hue = (recipe.hue * self.jitter).min(0.5);
+            if dataset.channels == 1 {
+                // On one channel saturation, hue and grayscale change nothing: the recipe says so.
+                (recipe.saturation, recipe.hue, recipe.grayscale_p) = (0.0, 0.0, 0.0);
             }
         }
         for (kind, size) in [("global", crop.global.size), ("local", crop.local.size)] {
@@ -505,8 +563,9 @@ mod tests {
     fn cpu_hour_resnet_is_the_measured_run() {
         let hour = toml::Table::try_from(Config::preset("cpu-hour-resnet").unwrap()).unwrap();
         assert_eq!(keys_changed_from_cpu_small(&hour), ["arch", "epochs", "global_scale", "local_scale", "max_steps"]);
-        let measured: toml::Table = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/results/fashion-mnist-resnet-hour/config.toml"))
-            .unwrap().parse().unwrap();
+        // Read as a Config: keys added since (flip, solarize, jitter) take their defaults, the recipe it ran.
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/results/fashion-mnist-resnet-hour/config.toml")).unwrap();
+        let measured = toml::Table::try_from(toml::from_str::<Config>(&text).unwrap()).unwrap();
         for (key, value) in &hour {
             if !["checkpoint_every", "keep_backbones", "out"].contains(&key.as_str()) {
                 assert_eq!(Some(value), measured.get(key), "{key}");
