@@ -58,3 +58,77 @@ pub fn spectrum(embeddings: &Tensor) -> Spectrum {
         eigenvalues,
     }
 }
+
+/// The label-free verdict on a finished run: its projector outputs on training images (SIGReg against
+/// N(0, I) and effective rank) and whether SIGReg came down during training.
+#[derive(Debug, Serialize)]
+pub struct Health {
+    /// Images embedded and the projector's dimension K.
+    pub n: i64,
+    pub dim: i64,
+    /// SIGReg (Epps–Pulley, 1,024 slices) of the n outputs: ≈ 1 for N(0, I), ≈ 0.40·n when collapsed.
+    pub sigreg: f64,
+    pub effective_rank: f64,
+    /// The training SIGReg (the logged term, at the run's batch size), averaged over the first and the last
+    /// tenth of the steps.
+    pub training_sigreg_start: Option<f64>,
+    pub training_sigreg_end: Option<f64>,
+    /// What looks wrong, each with what to try; empty when nothing does.
+    pub warnings: Vec<String>,
+}
+
+impl Health {
+    pub fn new(n: i64, dim: i64, sigreg: f64, effective_rank: f64, training_sigreg: &[f64]) -> Health {
+        let tenth = (training_sigreg.len() / 10).max(1);
+        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        let (start, end) = if training_sigreg.len() >= 4 {
+            (mean(&training_sigreg[..tenth]), mean(&training_sigreg[training_sigreg.len() - tenth..]))
+        } else {
+            (None, None)
+        };
+        let mut warnings = Vec::new();
+        if effective_rank < 2.0_f64.min(dim as f64 / 2.0) {
+            warnings.push(format!(
+                "the embedding is narrow: effective rank {effective_rank:.2} of {dim} (near 1: nearly one direction). \
+                 Raise λ so that N·λ (batch × λ) is at least 1–3, or use milder crops (docs/configuration.md)"
+            ));
+        }
+        if let (Some(start), Some(end)) = (start, end) {
+            if end > 0.8 * start {
+                warnings.push(format!(
+                    "SIGReg did not come down in training ({start:.3} at the start, {end:.3} at the end): the embedding is not \
+                     becoming Gaussian. Train longer, or raise λ (N·λ of 1–3 is the measured range)"
+                ));
+            }
+        }
+        Health { n, dim, sigreg, effective_rank, training_sigreg_start: start, training_sigreg_end: end, warnings }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Isotropic Gaussian outputs and a falling SIGReg pass; one-direction outputs or a flat SIGReg warn.
+    #[test]
+    fn health_warns_on_a_narrow_embedding_and_a_flat_sigreg() {
+        tch::manual_seed(0);
+        let isotropic = Tensor::randn([2000, 16], (Kind::Double, tch::Device::Cpu));
+        let rank = spectrum(&isotropic).effective_rank;
+        assert!(rank > 14.0, "{rank}");
+        let falling: Vec<f64> = (0..100).map(|i| 10.0 / (1.0 + i as f64)).collect();
+        assert!(Health::new(2000, 16, 1.0, rank, &falling).warnings.is_empty());
+
+        let line = Tensor::randn([2000, 1], (Kind::Double, tch::Device::Cpu)).matmul(&Tensor::ones([1, 16], (Kind::Double, tch::Device::Cpu)));
+        let narrow = spectrum(&(&line + Tensor::randn([2000, 16], (Kind::Double, tch::Device::Cpu)) * 1e-3)).effective_rank;
+        assert!(narrow < 1.1, "{narrow}");
+        let health = Health::new(2000, 16, 300.0, narrow, &falling);
+        assert!(health.warnings.len() == 1 && health.warnings[0].contains("narrow"), "{:?}", health.warnings);
+
+        let flat = vec![5.0; 100];
+        let health = Health::new(2000, 16, 1.0, rank, &flat);
+        assert!(health.warnings.len() == 1 && health.warnings[0].contains("did not come down"), "{:?}", health.warnings);
+        assert_eq!((health.training_sigreg_start, health.training_sigreg_end), (Some(5.0), Some(5.0)));
+        assert!(Health::new(2000, 16, 1.0, rank, &[5.0, 5.0]).warnings.is_empty(), "too short a run to judge");
+    }
+}

@@ -1,6 +1,6 @@
 //! Which matrix-multiply kernels MKL (inside libtorch) runs on this CPU. MKL asks whether the CPU is
-//! Intel's and, on an AMD CPU, leaves out the AVX2 kernels it would run there: on a Zen 3 EPYC they
-//! make sgemm 1.1–1.45× faster at the ViT's shapes (BENCHMARKS.md). Our binaries answer
+//! Intel's and, on an AMD CPU, leaves out the AVX2 kernels it would run there: on AMD CPUs they
+//! make sgemm faster at the ViT's shapes (the measurement is in BENCHMARKS.md). Our binaries answer
 //! that question themselves (src/shim/mkl_dispatch.cpp; `LEJEPA_MKL_VENDOR_CHECK=1` keeps MKL's own
 //! answer). The instruction set MKL uses is still the one the CPU reports.
 

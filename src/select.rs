@@ -26,6 +26,8 @@ impl RunResult {
     }
 }
 
+/// What selection needs of a finished run: its config, its losses (every line of metrics.jsonl readable), its
+/// summary (written when a run ends) and its weights. Anything else is an error naming the file.
 pub fn read_run(run_dir: &Path) -> Result<RunResult> {
     let config_path = run_dir.join("config.toml");
     let config: crate::train::config::Config = toml::from_str(
@@ -34,11 +36,18 @@ pub fn read_run(run_dir: &Path) -> Result<RunResult> {
     .with_context(|| format!("{}: invalid config", config_path.display()))?;
     let metrics_path = run_dir.join("metrics.jsonl");
     let text = std::fs::read_to_string(&metrics_path).with_context(|| format!("{}: cannot read", metrics_path.display()))?;
-    let losses: Vec<f64> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
-        .collect();
+    let mut losses = Vec::new();
+    for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let record: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: line {} is not a JSON record", metrics_path.display(), number + 1))?;
+        losses.extend(record["loss"].as_f64());
+    }
     ensure!(!losses.is_empty(), "{}: no training steps recorded", metrics_path.display());
+    let summary_path = run_dir.join("summary.json");
+    ensure!(summary_path.exists(), "{}: no summary.json, the run has not finished (resume it to the end, or leave it out)", run_dir.display());
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary_path)?)
+        .with_context(|| format!("{}: not a readable summary", summary_path.display()))?;
+    ensure!(run_dir.join("backbone.safetensors").exists(), "{}: no backbone.safetensors to choose", run_dir.display());
     let tail = (losses.len() / 10).clamp(1, 50);
     let final_loss = losses[losses.len() - tail..].iter().sum::<f64>() / tail as f64;
 
@@ -46,9 +55,7 @@ pub fn read_run(run_dir: &Path) -> Result<RunResult> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("probe-") && n.ends_with("-linear.json")))
         .find_map(|p| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(p).ok()?).ok()?["accuracy"].as_f64());
-    let online = std::fs::read_to_string(run_dir.join("summary.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()?["probe_accuracy"].as_f64());
+    let online = summary["probe_accuracy"].as_f64();
     Ok(RunResult { run_dir: run_dir.to_path_buf(), lambda: config.lambda, final_loss, probe_accuracy: offline.or(online) })
 }
 

@@ -138,7 +138,59 @@ fn npy_and_idx_folders() {
     assert_eq!((ds.train.len(), ds.classes.len()), (3, 3));
     std::fs::write(idx.join("t10k-images-idx3-ubyte"), &header(0x803, &[3, 4, 4])[..]).unwrap();
     let err = format!("{:#}", open(&format!("idx:{}", idx.display()), &OpenOptions::default()).unwrap_err());
-    assert!(err.contains("t10k-images-idx3-ubyte") && err.contains("truncated"), "{err}");
+    assert!(err.contains("t10k-images-idx3-ubyte") && err.contains("3 images of 4×4 pixels, the file has 16 bytes"), "{err}");
+}
+
+/// Each kind of bad array or IDX file is an error that names the file and what is wrong with it.
+#[test]
+fn bad_npy_and_idx_data_are_clear_errors_naming_the_file() {
+    let open_err = |spec: String| format!("{:#}", open(&spec, &OpenOptions::default()).unwrap_err());
+    let cpu = tch::Device::Cpu;
+    let npy_case = |labels: Option<Tensor>, images: Tensor| {
+        let dir = scratch("npy-case");
+        images.write_npy(dir.join("images.npy")).unwrap();
+        if let Some(labels) = labels {
+            labels.write_npy(dir.join("labels.npy")).unwrap();
+        }
+        let err = open_err(format!("npy:{}", dir.display()));
+        (dir, err)
+    };
+    let images = || Tensor::zeros([20, 8, 8], (Kind::Uint8, cpu));
+    let (_d, err) = npy_case(Some(Tensor::zeros([15], (Kind::Int64, cpu))), images());
+    assert!(err.contains("labels.npy") && err.contains("expected 20 labels"), "wrong length: {err}");
+    let (_d, err) = npy_case(Some(Tensor::zeros([20], (Kind::Float, cpu))), images());
+    assert!(err.contains("labels.npy") && err.contains("integer labels"), "float labels: {err}");
+    let (_d, err) = npy_case(Some(Tensor::full([20], -1, (Kind::Int64, cpu))), images());
+    assert!(err.contains("labels.npy") && err.contains("non-negative"), "negative labels: {err}");
+    let (_d, err) = npy_case(None, Tensor::zeros([0, 8, 8], (Kind::Uint8, cpu)));
+    assert!(err.contains("images.npy") && err.contains("empty"), "no images: {err}");
+
+    let header = |magic: u32, dims: &[u32]| -> Vec<u8> { std::iter::once(magic).chain(dims.iter().copied()).flat_map(|v| v.to_be_bytes()).collect() };
+    let idx_case = |images: Vec<u8>, labels: Vec<u8>, gzip_images: bool| {
+        let dir = scratch("idx-case");
+        for prefix in ["train", "t10k"] {
+            if gzip_images {
+                std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte.gz")), &images).unwrap();
+            } else {
+                std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), &images).unwrap();
+            }
+            std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), &labels).unwrap();
+        }
+        let err = open_err(format!("idx:{}", dir.display()));
+        (dir, err)
+    };
+    let good_images = [header(0x803, &[3, 4, 4]), vec![7u8; 48]].concat();
+    let good_labels = [header(0x801, &[3]), vec![0u8, 1, 2]].concat();
+    let (_d, err) = idx_case([header(0x802, &[3, 4, 4]), vec![7u8; 48]].concat(), good_labels.clone(), false);
+    assert!(err.contains("images-idx3-ubyte") && err.contains("not an IDX image file"), "bad magic: {err}");
+    let (_d, err) = idx_case(good_images.clone(), [header(0x801, &[2]), vec![0u8, 1]].concat(), false);
+    assert!(err.contains("3 images but 2 labels"), "counts differ: {err}");
+    let (_d, err) = idx_case(header(0x803, &[3, 0, 4]), good_labels.clone(), false);
+    assert!(err.contains("no pixels"), "zero rows: {err}");
+    let (_d, err) = idx_case([header(0x803, &[3, u32::MAX, u32::MAX]), vec![0u8; 8]].concat(), good_labels.clone(), false);
+    assert!(err.contains("images-idx3-ubyte") && err.contains("file has 24 bytes"), "a header too large for the file: {err}");
+    let (_d, err) = idx_case(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3], good_labels, true);
+    assert!(err.contains("images-idx3-ubyte.gz") && err.contains("gzip"), "corrupt gzip: {err}");
 }
 
 #[test]

@@ -89,6 +89,22 @@ fn a_folder_of_larger_images_gets_views_and_a_backbone_that_fit() {
     let views: toml::Table = std::fs::read_to_string(run_dir.join("augment.toml")).unwrap().parse().unwrap();
     assert_eq!((views["global"]["size"].as_integer(), views["local"]["size"].as_integer()), (Some(96), Some(41)));
 
+    // The label-free health check closes every run; `embed --projector` + `diagnose` compute the same numbers another way.
+    let health = &summary["health"];
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("health.json")).unwrap()).unwrap();
+    assert_eq!(&saved, health);
+    assert_eq!(health["dim"], 64, "the projector's output");
+    let z = dir.join("z.npy");
+    let output = lejepa(&["embed", "--run", run_dir.to_str().unwrap(), "--data", &data, "--split", "train", "--projector", "--out", z.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = lejepa(&["diagnose", z.to_str().unwrap(), "--json"]);
+    let diagnosis: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(diagnosis["n"], health["n"]);
+    for (theirs, ours) in [("sigreg", "sigreg"), ("effective_rank", "effective_rank")] {
+        let (a, b) = (diagnosis[theirs].as_f64().unwrap(), health[ours].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{ours}: diagnose {a}, the run's check {b}");
+    }
+
     // A flag overrides the choice, and then no reason is claimed for it.
     let output = lejepa(&["pretrain", "--data", &data, "--arch", "resnet18-small", "--global-size", "32", "--print-config"]);
     let config: toml::Table = String::from_utf8_lossy(&output.stdout).parse().unwrap();

@@ -129,4 +129,14 @@ fn probing_without_a_model_or_with_unlabeled_data_says_why() {
     let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).args(["probe", "--data", "digits"]).output_within(CHILD_DEADLINE);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--run"));
+
+    // A flat folder of images has no labels: the error says so and where labels come from.
+    let dir = scratch("unlabeled");
+    for i in 0..6u8 {
+        image::GrayImage::from_fn(12, 12, |x, y| image::Luma([(x as u8 * 20).wrapping_add(y as u8 * i)])).save(dir.join(format!("{i}.png"))).unwrap();
+    }
+    let data = format!("folder:{}", dir.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).args(["probe", "--data", &data, "--baseline", "pixels"]).output_within(CHILD_DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains(&data) && stderr.contains("needs labels") && stderr.contains("class subfolders"), "{stderr}");
 }

@@ -268,3 +268,16 @@ fn fused_cuda_memory_does_not_grow_with_the_knots() {
     assert!(many <= few + x_bytes / 4, "peak grows with the knots: {few} B at 5 knots, {many} B at 65");
     assert!(many < 3 * x_bytes, "peak {many} B for an x of {x_bytes} B");
 }
+
+/// A C++ exception in the shim (here: a copy to a GPU this machine lacks) comes back as a Rust panic carrying
+/// libtorch's message, not as an abort of the whole process across the FFI boundary.
+#[test]
+fn a_failed_gpu_copy_is_reported_not_an_abort() {
+    if tch::Cuda::is_available() {
+        return; // the copy would succeed: nothing to check here
+    }
+    let result = std::panic::catch_unwind(|| lejepa::sigreg::to_device_nonblocking(Tensor::ones([2], (Kind::Float, tch::Device::Cpu)), tch::Device::Cuda(0)));
+    let message = result.expect_err("no GPU here: the copy must fail");
+    let message = message.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("copying to cuda:0 failed"), "{message}");
+}

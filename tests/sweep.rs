@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{CHILD_DEADLINE, OutputWithin};
-
 use std::process::Command;
+
+use common::{CHILD_DEADLINE, OutputWithin};
 
 fn lejepa(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_lejepa")).args(args).output_within(CHILD_DEADLINE)
@@ -48,8 +48,35 @@ fn sweep_runs_the_grid_resumes_and_select_ranks() {
     let best = runs.iter().min_by(|a, b| score(a).total_cmp(&score(b))).unwrap();
     assert_eq!(report["chosen"], best["run_dir"]);
     let rho = report["spearman_alpha"].as_f64().unwrap();
-    assert!((-1.0..=1.0).contains(&rho));
     assert!(out.join("rank.png").exists());
+    // ρ(−score, probe accuracy) as scipy computes it from the same reported numbers.
+    if let Some(python) = common::python_with("scipy", "select's ρ against scipy") {
+        let pairs: Vec<String> = runs.iter().map(|r| format!("({}, {})", -score(r), r["probe_accuracy"].as_f64().unwrap())).collect();
+        let script = format!("import scipy.stats\nx, y = zip(*[{}])\nprint(scipy.stats.spearmanr(x, y).statistic)", pairs.join(", "));
+        let output = std::process::Command::new(python).args(["-c", &script]).output_within(CHILD_DEADLINE);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let theirs: f64 = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
+        assert!((rho - theirs).abs() < 1e-12, "select's ρ {rho}, scipy's {theirs}");
+    }
+
+    // Broken and unfinished runs beside them are left out, each with its reason; the others are still ranked.
+    let copy = |from: &str, to: &str| {
+        std::fs::create_dir_all(out.join(to)).unwrap();
+        for entry in std::fs::read_dir(out.join(from)).unwrap().flatten() {
+            std::fs::copy(entry.path(), out.join(to).join(entry.file_name())).unwrap();
+        }
+    };
+    copy(names[0], "z-garbled");
+    std::fs::write(out.join("z-garbled/metrics.jsonl"), "{\"step\": 1, \"loss\": 0.5}\nnot json\n").unwrap();
+    copy(names[1], "z-unfinished");
+    std::fs::remove_file(out.join("z-unfinished/summary.json")).unwrap();
+    let select = lejepa(&["select", out.to_str().unwrap(), "--json"]);
+    let stderr = String::from_utf8_lossy(&select.stderr);
+    assert!(select.status.success(), "{stderr}");
+    assert!(stderr.contains("z-garbled/metrics.jsonl: line 2 is not a JSON record"), "{stderr}");
+    assert!(stderr.contains("z-unfinished: no summary.json"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&select.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!((report["runs"].as_array().unwrap().len(), report["skipped"].as_array().unwrap().len()), (6, 2));
 
     let missing = lejepa(&["select", "/no/such/run"]);
     assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("/no/such/run"));

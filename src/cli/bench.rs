@@ -173,7 +173,7 @@ fn gemm_peak(kind: Kind, device: Device) -> f64 {
     };
     let mut n = if device == Device::Cpu { 3072 } else { 8192 };
     if device == Device::Cpu {
-        // A CPU that emulates bf16 without AVX-512 (a Zen 3 EPYC: 0.4 GFLOP/s) would take minutes per 3072³
+        // A CPU that emulates bf16 (no bf16 units: well under 1 GFLOP/s) would take minutes per 3072³
         // product: there a smaller one, of at most about 2 s, gives the peak.
         let (a, b) = square(512);
         let probe = (0..2).map(|_| rate(512, &a, &b)).fold(0.0, f64::max);
@@ -398,8 +398,8 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(dir) = &args.profile {
         std::fs::create_dir_all(dir).with_context(|| format!("--profile: creating {}", dir.display()))?;
     }
-    // Which CPU, and whether it has bf16 units: a VM's host can change between runs (this project's did: on a host
-    // whose hypervisor hides AVX512-BF16 and AMX, libtorch emulates bf16 and every bf16 row changes).
+    // Which CPU, and whether it has bf16 units: a VM's host can change between runs, and where the hypervisor hides
+    // AVX512-BF16 and AMX libtorch emulates bf16 and every bf16 row changes.
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = crate::autocast::cpu_name(&cpuinfo);
     let bf16_units = crate::autocast::cpu_has_bf16_units(&cpuinfo);
@@ -477,7 +477,7 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
         // The peak measured again after the model rows, and the better of the two kept: a slow spell
-        // of the VM during one measurement (it once read 118 of 219 GFLOP/s) would put a row above 100%.
+        // of a VM during one measurement would put a row above 100%.
         peak_f32 = peak_f32.map(|peak| peak.max(gemm_peak(Kind::Float, device)));
         peak_bf16 = peak_bf16.map(|peak| peak.max(gemm_peak(Kind::BFloat16, device)));
         println!("GEMM peak, the better of before and after the model rows: {}", describe_peaks(peak_f32, peak_bf16));

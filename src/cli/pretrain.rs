@@ -11,7 +11,7 @@ use super::probe::probe_with_baselines;
 use crate::distributed::{Launch, ProcessGroup};
 use crate::cli::config_args::ConfigArgs;
 use crate::train::config::{ComputeDevice, Config, Precision};
-use crate::train::{new_run_dir, pretrain};
+use crate::train::{new_run_dir, pretrain, steps_per_epoch};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -124,6 +124,8 @@ pub fn run(args: Args) -> Result<()> {
                    the invariance term is about N·λ, and this project's runs at N·λ 0.64 narrowed the embedding to one or \
                    two directions; raise λ as the batch shrinks (docs/configuration.md, \"Choosing λ with the batch size\")", config.lambda);
     }
+    // Checked before a run directory is made, so that a refused start leaves nothing behind.
+    steps_per_epoch(&config, dataset.train.len(), group.as_ref().map_or(1, |g| g.world))?;
     let (run_dir, resume) = match &args.resume {
         Some(dir) => (dir.clone(), true),
         None => {
@@ -151,9 +153,24 @@ pub fn run(args: Args) -> Result<()> {
         }
         _ => None,
     };
+    // The label-free check, on every finished run: what a user without labels has to go by.
+    let health = match summary.interrupted {
+        false => match embedding_health(&summary.run_dir, &dataset, &config.device.to_string()) {
+            Ok(health) => {
+                std::fs::write(summary.run_dir.join("health.json"), serde_json::to_string_pretty(&health)?)?;
+                Some(health)
+            }
+            Err(e) => {
+                eprintln!("warning: no embedding health check: {e:#}");
+                None
+            }
+        },
+        true => None,
+    };
     if args.json {
         let mut value = serde_json::to_value(&summary)?;
         value["final_probe"] = serde_json::to_value(&final_probe)?;
+        value["health"] = serde_json::to_value(&health)?;
         println!("{value}");
     } else {
         println!("run directory: {}", summary.run_dir.display());
@@ -169,8 +186,19 @@ pub fn run(args: Args) -> Result<()> {
             println!("  {:<34} {:>6.2}%", format!("this encoder ({})", config.arch), 100.0 * b.backbone);
             println!("  {:<34} {:>6.2}%", "raw pixels", 100.0 * b.raw_pixels);
             println!("  {:<34} {:>6.2}%", "the same network at random init", 100.0 * b.random_init);
-        } else if !labeled {
-            println!("no labels: no probe; `lejepa embed --run DIR --projector` then `lejepa diagnose` checks the embedding");
+        }
+        if let Some(h) = &health {
+            println!(
+                "embedding health (no labels needed; {} training images through the projector, health.json):", h.n
+            );
+            println!("  SIGReg {:.3}   (≈ 1 for N(0, I) outputs, ≈ {:.0} when collapsed; it falls as training goes on)", h.sigreg, 0.402 * h.n as f64);
+            println!("  effective rank {:.1} of {}   (healthy: a good fraction of {}; near 1: collapsed to a line)", h.effective_rank, h.dim, h.dim);
+            if let (Some(start), Some(end)) = (h.training_sigreg_start, h.training_sigreg_end) {
+                println!("  training SIGReg {start:.3} → {end:.3}");
+            }
+            for warning in &h.warnings {
+                println!("  warning: {warning}");
+            }
         }
         let backbone = summary.run_dir.join("backbone.safetensors");
         let size = std::fs::read_to_string(summary.run_dir.join("augment.toml")).ok()
@@ -214,4 +242,24 @@ fn check_resumable(saved: &Config, resolved: &Config, dir: &std::path::Path) -> 
         eprintln!("resuming with {}", allowed.join(", "));
     }
     Ok(())
+}
+
+/// The run's projector outputs on up to 2,000 training images, checked without labels: SIGReg against
+/// N(0, I), the effective rank, and whether the training SIGReg came down (`diagnostics::Health`).
+fn embedding_health(run_dir: &std::path::Path, dataset: &crate::data::Dataset, device: &str) -> Result<crate::diagnostics::Health> {
+    use crate::eval::{FeatureKind, features};
+    let args = super::model_args::ModelArgs { run: Some(run_dir.to_path_buf()), checkpoint: None, arch: None, img_size: None, device: device.into() };
+    let model = args.load(dataset, false)?;
+    let sample = crate::data::stratified_subset(&dataset.train, 2000);
+    let sample = super::model_args::fit_channels(&sample, &model);
+    let embeddings = features(&model.encoder.backbone, &sample, &model.crop, FeatureKind::Embedding, model.device)?;
+    let projector = args.trained_projector(model.encoder.backbone.embed_dim(), model.device)?;
+    let z = tch::no_grad(|| projector.forward(&embeddings.to_device(model.device), false)).to_device(tch::Device::Cpu).to_kind(tch::Kind::Double);
+    let sigreg = crate::sigreg::SigReg::default().forward(&z, 0).double_value(&[]);
+    let training: Vec<f64> = std::fs::read_to_string(run_dir.join("metrics.jsonl"))?
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok()?["sigreg"].as_f64())
+        .collect();
+    let (n, dim) = (z.size()[0], z.size()[1]);
+    Ok(crate::diagnostics::Health::new(n, dim, sigreg, crate::diagnostics::spectrum(&z).effective_rank, &training))
 }

@@ -109,7 +109,7 @@ pub fn run(args: Args) -> Result<()> {
         dataset.test = std::mem::take(&mut dataset.val);
     }
     let (Some(train_labels), Some(test_labels)) = (&dataset.train.labels, &dataset.test.labels) else {
-        anyhow::bail!("{}: probing needs labels on both the train and the evaluation split", dataset.spec);
+        anyhow::bail!("{}: probing needs labels on both the train and the evaluation split (labels come from class subfolders, folder:PATH/<class>/*.png, or a labels.npy beside images.npy; without labels, `lejepa embed` + `lejepa diagnose` check a run)", dataset.spec);
     };
     ensure!(!dataset.test.is_empty(), "{}: the evaluation split is empty", dataset.spec);
     let classes = dataset.classes.len();
@@ -216,7 +216,7 @@ pub fn probe_with_baselines(run: &std::path::Path, dataset: &crate::data::Datase
     use crate::data::stratified_subset;
     let (train, test) = (stratified_subset(&dataset.train, train_images), stratified_subset(&dataset.test, test_images));
     let (Some(train_labels), Some(test_labels)) = (&train.labels, &test.labels) else {
-        anyhow::bail!("{}: the probe needs labels on both the train and the test split", dataset.spec);
+        anyhow::bail!("{}: the probe needs labels on both the train and the test split (labels come from class subfolders, folder:PATH/<class>/*.png, or a labels.npy beside images.npy; without labels, `lejepa embed` + `lejepa diagnose` check a run)", dataset.spec);
     };
     ensure!(!test.is_empty(), "{}: the test split is empty", dataset.spec);
     let classes = dataset.classes.len();

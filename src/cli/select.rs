@@ -51,8 +51,18 @@ fn agreement(runs: &[RunResult], alpha: f64) -> Option<f64> {
 }
 
 pub fn report(paths: &[PathBuf], alpha: f64, plot: Option<&Path>, as_json: bool) -> Result<()> {
-    let runs: Vec<RunResult> = expand(paths).iter().map(|d| read_run(d)).collect::<Result<_>>()?;
-    ensure!(!runs.is_empty(), "no runs found");
+    // A broken or unfinished run is left out with its reason; the others are still ranked.
+    let (mut runs, mut skipped) = (Vec::new(), Vec::new());
+    for dir in expand(paths) {
+        match read_run(&dir) {
+            Ok(run) => runs.push(run),
+            Err(e) => {
+                eprintln!("skipping {}: {e:#}", dir.display());
+                skipped.push(json!({"run_dir": dir, "reason": format!("{e:#}")}));
+            }
+        }
+    }
+    ensure!(!runs.is_empty(), "no finished runs found among {} folder(s) (each skipped one is listed above)", skipped.len());
     let mut order: Vec<usize> = (0..runs.len()).collect();
     order.sort_by(|&a, &b| runs[a].score(alpha).total_cmp(&runs[b].score(alpha)));
     println!("{:<48} {:>7} {:>10} {:>14} {:>10}", "run", "λ", "loss", format!("loss/λ^{alpha}"), "probe %");
@@ -75,7 +85,7 @@ pub fn report(paths: &[PathBuf], alpha: f64, plot: Option<&Path>, as_json: bool)
         }
     }
     if as_json {
-        println!("{}", json!({"chosen": chosen.run_dir, "alpha": alpha, "spearman_plain": plain, "spearman_alpha": scaled, "runs": runs}));
+        println!("{}", json!({"chosen": chosen.run_dir, "alpha": alpha, "spearman_plain": plain, "spearman_alpha": scaled, "runs": runs, "skipped": skipped}));
     }
     Ok(())
 }

@@ -39,7 +39,8 @@ fn idx_images(path: &Path) -> Result<Vec<Image>> {
     ensure!(bytes.len() >= 16 && be_u32(&bytes, 0) == 0x803, "{shown}: not an IDX image file (magic 0x00000803)");
     let (n, rows, cols) = (be_u32(&bytes, 4), be_u32(&bytes, 8), be_u32(&bytes, 12));
     ensure!(n > 0 && rows > 0 && cols > 0, "{shown}: the header says {n} images of {rows}×{cols}: no pixels");
-    ensure!(bytes.len() == 16 + n * rows * cols, "{shown}: truncated: header says {n}×{rows}×{cols}, file has {} bytes", bytes.len());
+    let size = n.checked_mul(rows).and_then(|v| v.checked_mul(cols)).and_then(|v| v.checked_add(16));
+    ensure!(size == Some(bytes.len()), "{shown}: the header says {n} images of {rows}×{cols} pixels, the file has {} bytes", bytes.len());
     Ok(bytes[16..]
         .chunks_exact(rows * cols)
         .map(|p| Image { width: cols, height: rows, channels: 1, pixels: p.to_vec() })

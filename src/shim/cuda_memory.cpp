@@ -1,14 +1,21 @@
 // Host and GPU memory where tch has no binding.
 #include <ATen/ATen.h>
 
+#include "errors.h"
+
 extern "C" {
 
 // host.pin_memory().to(device, non_blocking=true): a copy queued like a kernel instead of one
 // that waits for the GPU (tch's pin_memory passes the deprecated device argument, which warns at
 // every call).
-at::Tensor* lejepa_to_device_nonblocking(at::Tensor* host, int device_index) {
-  auto device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device_index));
-  return new at::Tensor(host->pin_memory().to(device, /*non_blocking=*/true));
+// Returns null, or a malloc'd message (no CUDA, a bad index) that the caller frees.
+char* lejepa_to_device_nonblocking(at::Tensor* host, int device_index, at::Tensor** out) {
+  char* error = nullptr;
+  lejepa::guarded(&error, [&] {
+    auto device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device_index));
+    *out = new at::Tensor(host->pin_memory().to(device, /*non_blocking=*/true));
+  });
+  return error;
 }
 
 }

@@ -1,7 +1,6 @@
 // MKL chooses its matrix-multiply kernels by CPU vendor: on an AMD CPU it skips the AVX2 kernels
-// it runs on Intel's, though the CPU has every instruction they use (measured on a Zen 3 EPYC, 2
-// threads: sgemm at the ViT's shapes 1.1-1.45x faster with Intel's kernels; BENCHMARKS.md, change
-// 15). The PyTorch wheel links MKL into libtorch_cpu.so but exports its symbols and calls them
+// it runs on Intel's, though the CPU has every instruction they use (sgemm at the ViT's shapes runs
+// faster with Intel's kernels on AMD CPUs; the measurement is in BENCHMARKS.md). The PyTorch wheel links MKL into libtorch_cpu.so but exports its symbols and calls them
 // through the PLT, so this definition, exported from our executable (build.rs), answers MKL's
 // vendor question in place of its own. The instruction set MKL then uses is still what CPUID
 // reports, so nothing runs that the CPU lacks. LEJEPA_MKL_VENDOR_CHECK=1 keeps MKL's own answer.

@@ -238,15 +238,22 @@ pub fn directions(dim: i64, slices: i64, seed: u64, step: u64) -> Tensor {
 pub fn to_device_nonblocking(host: Tensor, device: tch::Device) -> Tensor {
     match device {
         tch::Device::Cuda(index) => {
-            // SAFETY: `host` is a live tensor; the shim returns a new tensor that we own.
-            unsafe { Tensor::from_ptr(lejepa_to_device_nonblocking(host.as_ptr() as *mut C_tensor, index as i32)) }
+            let mut out: *mut C_tensor = std::ptr::null_mut();
+            // SAFETY: `host` is a live tensor; the shim writes a new tensor that we own to `out`, or returns a message.
+            let error = unsafe { lejepa_to_device_nonblocking(host.as_ptr() as *mut C_tensor, index as i32, &mut out) };
+            if !error.is_null() {
+                // Runs check the device at start-up; reaching this is a bug, reported with libtorch's reason.
+                panic!("copying to cuda:{index} failed: {}", crate::distributed::take_string(error));
+            }
+            // SAFETY: the shim handed over a new tensor.
+            unsafe { Tensor::from_ptr(out) }
         }
         _ => host.to_device(device),
     }
 }
 
 unsafe extern "C" {
-    fn lejepa_to_device_nonblocking(host: *mut C_tensor, device: i32) -> *mut C_tensor; // src/shim/cuda_memory.cpp
+    fn lejepa_to_device_nonblocking(host: *mut C_tensor, device: i32, out: *mut *mut C_tensor) -> *mut std::ffi::c_char; // src/shim/cuda_memory.cpp
 }
 
 /// How the per-slice statistics are combined.

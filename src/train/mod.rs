@@ -214,15 +214,8 @@ impl State {
         copy_variables(&self.encoder.vs, "", &tensors, path)?;
         self.optimizer.load_state("adamw", &get)?;
         if let Some((vs, _, opt)) = &mut self.probe {
-            let stored = tensors.get("probe.norm.weight").map(Tensor::size);
-            if stored.is_some() && stored != vs.variables().get("norm.weight").map(Tensor::size) {
-                // A ResNet run from before its probe read the last two blocks (512 features, now 1,024):
-                // the online probe only reports, so it starts afresh; everything else resumes exactly.
-                eprintln!("{shown}: its online probe reads features of another width; the online probe restarts");
-            } else {
-                copy_variables(vs, "probe.", &tensors, path)?;
-                opt.load_state("probe_adamw", &get)?;
-            }
+            copy_variables(vs, "probe.", &tensors, path)?;
+            opt.load_state("probe_adamw", &get)?;
         }
         Ok(get("step")?.int64_value(&[]) as u64)
     }
@@ -253,15 +246,21 @@ struct Schedule {
     final_lr_ratio: f64,
 }
 
+/// Optimizer steps in an epoch of `train_images` shared by `world` processes; an error when not even one fits.
+pub fn steps_per_epoch(config: &Config, train_images: usize, world: usize) -> Result<u64> {
+    let micro_batches_per_epoch = train_images / (config.batch_size * world);
+    let steps = (micro_batches_per_epoch / config.grad_accum) as u64;
+    ensure!(
+        steps >= 1,
+        "{train_images} training images are too few for batch_size {} × grad_accum {} × {world} process(es); use --batch-size {} or less",
+        config.batch_size, config.grad_accum, (train_images / (config.grad_accum * world)).max(2)
+    );
+    Ok(steps)
+}
+
 impl Schedule {
     fn of(config: &Config, train_images: usize, world: usize) -> Result<Schedule> {
-        let micro_batches_per_epoch = train_images / (config.batch_size * world);
-        let steps_per_epoch = (micro_batches_per_epoch / config.grad_accum) as u64;
-        ensure!(
-            steps_per_epoch >= 1,
-            "{train_images} training images are too few for batch_size {} × grad_accum {} × {world} process(es)",
-            config.batch_size, config.grad_accum
-        );
+        let steps_per_epoch = steps_per_epoch(config, train_images, world)?;
         let total = config.steps.unwrap_or(steps_per_epoch * config.epochs as u64);
         Ok(Schedule {
             steps_per_epoch,
@@ -520,7 +519,7 @@ impl<'a> Run<'a> {
         Ok(run)
     }
 
-    /// Will it fit? One forward/backward at 2 and 4 samples of the real views, extrapolated (CPU).
+    /// Will it fit? One forward/backward at 4 and 8 samples of the real views, extrapolated (CPU).
     fn estimate_memory(&mut self) -> Result<()> {
         let (config, crop, device) = (self.config, &self.crop, self.device);
         let (c, sg, sl) = (self.dataset.channels as i64, crop.global.size as i64, crop.local.size as i64);
