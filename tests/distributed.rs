@@ -132,6 +132,27 @@ fn two_gloo_processes_take_the_single_process_step_of_a_resnet_with_sync_batch_n
     assert!(diff > 1e-4, "per-process BatchNorm should change the step, max relative difference {diff:.2e}");
 }
 
+/// torchrun's way: no distributed flags, only WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT in each rank's
+/// environment; the group takes the single process's step.
+#[test]
+fn ranks_started_by_torchrun_variables_alone_form_the_group() {
+    let arch = "vit-tiny-patch4-depth2";
+    let out = scratch("torchrun");
+    let single = run_dir(&pretrain(arch, 64, &["--max-steps", "2", "--out", out.join("single").to_str().unwrap()]).output_within(CHILD_DEADLINE));
+    let port = free_port().to_string();
+    let rank = |r: &str| {
+        let mut cmd = pretrain(arch, 32, &["--max-steps", "2", "--out", out.join("torchrun").to_str().unwrap()]);
+        cmd.envs([("WORLD_SIZE", "2"), ("RANK", r), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port.as_str())]);
+        cmd
+    };
+    let mut other = rank("1");
+    let other = other.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let output = rank("0").output_within(CHILD_DEADLINE);
+    let other = common::wait_within(other, CHILD_DEADLINE, "rank 1");
+    assert!(other.status.success(), "rank 1: {}", String::from_utf8_lossy(&other.stderr));
+    assert_same_step(&single, &run_dir(&output), "a group from torchrun's variables");
+}
+
 #[test]
 fn a_group_of_one_takes_the_plain_single_process_step() {
     let arch = "resnet18-small";

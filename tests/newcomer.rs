@@ -13,7 +13,7 @@ fn lejepa(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_lejepa")).args(args).output_within(CHILD_DEADLINE)
 }
 
-/// The default job's code path end to end on digits (a short schedule instead of 160 steps): the
+/// The default job's code path end to end on digits (a short schedule instead of 480 steps): the
 /// final table holds the encoder, raw pixels and random init, all probed on the same images.
 #[test]
 fn the_default_job_ends_with_the_probe_next_to_raw_pixels_and_random_init() {
@@ -42,14 +42,14 @@ fn the_default_job_ends_with_the_probe_next_to_raw_pixels_and_random_init() {
     let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("final-probe.json")).unwrap()).unwrap();
     assert_eq!(&saved, probe);
     let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
-    assert!(config.contains("arch = \"resnet18-small\"") && config.contains("steps = 4"), "{config}");
+    assert!(config.contains("arch = \"resnet18-small-w32\"") && config.contains("steps = 4"), "{config}");
 
     // Without --json: the table, then where the encoder is and what to do with it.
     let output = lejepa(&["pretrain", "--data", "digits", "--steps", "2", "--final-probe-images", "200", "--eval-images", "100",
                           "--out", out.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    for line in ["this encoder (resnet18-small)", "raw pixels", "the same network at random init", "backbone.safetensors", "lejepa embed --run"] {
+    for line in ["this encoder (resnet18-small-w32)", "raw pixels", "the same network at random init", "backbone.safetensors", "lejepa embed --run"] {
         assert!(stdout.contains(line), "'{line}' missing from:\n{stdout}");
     }
 }

@@ -38,6 +38,12 @@ fn unknown_architectures_list_the_known_ones() {
     assert!(err.contains("vit-huge") && err.contains("resnet50") && err.contains("vit-small"), "{err}");
     assert!(Arch::from_name("resnet101").is_err());
     assert!(Arch::from_name("vit-tiny-patch5").is_err());
+    // The ResNet suffixes: a stride-2 small stem, and the first stage's width (a multiple of 8, 8–256).
+    assert_eq!(Arch::from_name("resnet18-small-stride2-w32").unwrap(), Arch::Resnet { depth: 18, small_stem: true, stem_stride: 2, width: 32 });
+    assert_eq!(Arch::from_name("resnet50-w128").unwrap(), Arch::Resnet { depth: 50, small_stem: false, stem_stride: 1, width: 128 });
+    for bad in ["resnet18-small-w30", "resnet18-small-w", "resnet18-stride2", "resnet18-small-w512"] {
+        assert!(Arch::from_name(bad).is_err(), "{bad}");
+    }
 }
 
 #[test]
@@ -141,7 +147,7 @@ fn loading_the_wrong_architecture_names_the_file_and_the_tensor() {
 #[test]
 fn the_printed_timm_line_builds_the_same_network() {
     let Some(python) = common::python_with("timm, safetensors", "the printed timm line") else { return };
-    for (arch, in_chans, size) in [("resnet18-small", 1, 28), ("resnet18-small-stride2", 1, 28), ("vit-tiny-patch4-depth6", 1, 28), ("resnet18", 3, 96), ("vit-small-patch16", 3, 64)] {
+    for (arch, in_chans, size) in [("resnet18-small", 1, 28), ("resnet18-small-stride2", 1, 28), ("resnet18-small-w32", 1, 28), ("vit-tiny-patch4-depth6", 1, 28), ("resnet18", 3, 96), ("vit-small-patch16", 3, 64)] {
         let dir = common::scratch(arch);
         tch::manual_seed(0);
         let enc = encoder(arch, in_chans, size);

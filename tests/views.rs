@@ -23,6 +23,20 @@ fn views_are_drawn_with_the_configured_recipe() {
     // 3 rows of 6 views, each cell 96 px (8 px zoomed 12×) + 2 px padding.
     let image = image::open(&png).unwrap();
     assert_eq!((image.width(), image.height()), (6 * 98 + 2, 3 * 98 + 2));
+    // Not a blank picture: every tile has contrast, the views of one image differ, and the rows (images) differ.
+    let gray = image.to_luma8();
+    let tile = |row: u32, col: u32| -> Vec<u8> {
+        (0..96).flat_map(|y| (0..96).map(move |x| (x, y))).map(|(x, y)| gray.get_pixel(2 + col * 98 + x, 2 + row * 98 + y)[0]).collect()
+    };
+    for row in 0..3 {
+        for col in 0..6 {
+            let t = tile(row, col);
+            let (low, high) = (t.iter().min().unwrap(), t.iter().max().unwrap());
+            assert!(high - low >= 32, "tile ({row}, {col}) is flat: {low}–{high}");
+        }
+        assert!((1..6).any(|col| tile(row, col) != tile(row, 0)), "row {row}: all views of the image are the same picture");
+    }
+    assert!(tile(0, 0) != tile(1, 0) && tile(1, 0) != tile(2, 0), "the rows show different images");
 
     // A recipe file in augment.toml's format replaces the preset's recipe entirely.
     let mut crop = lejepa::data::augment::MultiCrop::lejepa(16, 1, 1, 1);

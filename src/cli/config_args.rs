@@ -12,7 +12,7 @@ use crate::train::config::{Augment, ComputeDevice, Config, Flip, Precision, crop
 /// Flags for every field; each one, when given, overrides the preset and the file.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct ConfigArgs {
-    /// Preset to start from: default (a ResNet-18 for 160 steps, then the probe with baselines: about 20 minutes
+    /// Preset to start from: default (a half-width ResNet-18 for 480 steps, then the probe with baselines: about 20 minutes
     /// on 2 cores), cpu-small (a ViT-tiny for one epoch), cpu-hour (cpu-small in bf16 for 6 epochs), cpu-hour-resnet
     /// (a ResNet-18 for 850 steps), minimal (MINIMAL.md), paper (§6.1). `--print-config` shows every value.
     #[arg(long, default_value = "default")]

@@ -32,24 +32,40 @@ pub struct Features {
 pub enum Arch {
     /// `layer_scale`: DINOv2's per-channel scaling of each residual branch (timm's `ls1`/`ls2`).
     Vit { width: i64, depth: i64, heads: i64, patch: i64, #[serde(default)] layer_scale: bool },
-    /// `stem_stride`: 1, or 2 for `-small-stride2` (the small stem at a quarter of the first stage's cost).
-    Resnet { depth: i64, small_stem: bool, #[serde(default = "one")] stem_stride: i64 },
+    /// `stem_stride`: 1, or 2 for `-small-stride2` (the small stem at a quarter of the first stage's cost);
+    /// `width`: the first stage's channels, 64 unless `-wN` (e.g. `resnet18-small-w32`: a quarter of the FLOPs).
+    Resnet {
+        depth: i64,
+        small_stem: bool,
+        #[serde(default = "one")]
+        stem_stride: i64,
+        #[serde(default = "sixty_four")]
+        width: i64,
+    },
 }
 
 fn one() -> i64 {
     1
 }
 
+fn sixty_four() -> i64 {
+    64
+}
+
 pub const KNOWN_ARCHS: &str = "vit-tiny, vit-small, vit-base (optionally -patchP with P in 4, 8, 14, 16, -depthD, \
 and -dinov2 for DINOv2's LayerScale, e.g. vit-small-patch16, vit-tiny-patch4-depth6, vit-small-patch14-dinov2), resnet18, resnet34, resnet50 (ImageNet stem), \
 resnet18-small, resnet34-small, resnet50-small (3×3 stem without max-pool, for 28–96 px images; \
--small-stride2 for the same stem at stride 2, e.g. resnet18-small-stride2)";
+-small-stride2 for the same stem at stride 2; -wN for N channels in the first stage instead of 64, e.g. resnet18-small-w32)";
 
 impl Arch {
-    /// Parses `vit-{tiny,small,base}[-patchP][-depthD][-dinov2]` and `resnet{18,34,50}[-small[-stride2]]`.
+    /// Parses `vit-{tiny,small,base}[-patchP][-depthD][-dinov2]` and `resnet{18,34,50}[-small[-stride2]][-wN]`.
     pub fn from_name(name: &str) -> Result<Arch> {
         let unknown = || anyhow::anyhow!("unknown architecture '{name}'; known: {KNOWN_ARCHS}");
         if let Some(rest) = name.strip_prefix("resnet") {
+            let (rest, width) = match rest.rsplit_once("-w") {
+                Some((rest, width)) => (rest, width.parse::<i64>().ok().filter(|w| (8..=256).contains(w) && w % 8 == 0).ok_or_else(unknown)?),
+                None => (rest, 64),
+            };
             let (depth, small_stem, stem_stride) = if let Some(depth) = rest.strip_suffix("-small-stride2") {
                 (depth, true, 2)
             } else if let Some(depth) = rest.strip_suffix("-small") {
@@ -59,7 +75,7 @@ impl Arch {
             };
             let depth: i64 = depth.parse().map_err(|_| unknown())?;
             ensure!([18, 34, 50].contains(&depth), unknown());
-            return Ok(Arch::Resnet { depth, small_stem, stem_stride });
+            return Ok(Arch::Resnet { depth, small_stem, stem_stride, width });
         }
         let mut parts = name.split('-');
         if parts.next() != Some("vit") {
@@ -97,10 +113,31 @@ impl Arch {
                 let name = if layer_scale { format!("vit_{size}_patch14_dinov2") } else { format!("vit_{size}_patch16_224") };
                 format!("model = timm.create_model(\"{name}\", patch_size={patch}, depth={depth}, img_size={img_size}, in_chans={in_chans}, num_classes=0)")
             }
-            Arch::Resnet { depth, small_stem, stem_stride } => {
-                let mut line = format!("model = timm.create_model(\"resnet{depth}\", in_chans={in_chans}, num_classes=0)");
+            Arch::Resnet { depth, small_stem, stem_stride, width } => {
+                if width == 64 {
+                    let mut line = format!("model = timm.create_model(\"resnet{depth}\", in_chans={in_chans}, num_classes=0)");
+                    if small_stem {
+                        line += &format!("; model.conv1 = torch.nn.Conv2d({in_chans}, 64, 3, {stem_stride}, 1, bias=False); model.maxpool = torch.nn.Identity()");
+                    }
+                    return line;
+                }
+                // timm's plain stem always has 64 channels: build its ResNet with these stage widths, then give
+                // it a stem of `width` channels and a first block that takes them.
+                let (block, layers) = match depth { 18 => ("BasicBlock", "2, 2, 2, 2"), 34 => ("BasicBlock", "3, 4, 6, 3"), _ => ("Bottleneck", "3, 4, 6, 3") };
+                let (w, nn) = (width, "torch.nn");
+                let stem = if small_stem { format!("{nn}.Conv2d({in_chans}, {w}, 3, {stem_stride}, 1, bias=False)") } else { format!("{nn}.Conv2d({in_chans}, {w}, 7, 2, 3, bias=False)") };
+                let first_block = if block == "BasicBlock" {
+                    format!("timm.models.resnet.BasicBlock({w}, {w})")
+                } else {
+                    format!("timm.models.resnet.Bottleneck({w}, {w}, downsample={nn}.Sequential({nn}.Conv2d({w}, {}, 1, bias=False), {nn}.BatchNorm2d({})))", 4 * w, 4 * w)
+                };
+                let mut line = format!(
+                    "model = timm.models.resnet.ResNet(timm.models.resnet.{block}, [{layers}], channels=({w}, {}, {}, {}), in_chans={in_chans}, num_classes=0); \
+                     model.conv1 = {stem}; model.bn1 = {nn}.BatchNorm2d({w}); model.layer1[0] = {first_block}",
+                    2 * w, 4 * w, 8 * w
+                );
                 if small_stem {
-                    line += &format!("; model.conv1 = torch.nn.Conv2d({in_chans}, 64, 3, {stem_stride}, 1, bias=False); model.maxpool = torch.nn.Identity()");
+                    line += "; model.maxpool = torch.nn.Identity()";
                 }
                 line
             }
@@ -114,7 +151,7 @@ impl Arch {
                 let size = match width { 192 => "tiny", 384 => "small", _ => "base" };
                 Some(if layer_scale { format!("vit_{size}_patch{patch}_dinov2") } else { format!("vit_{size}_patch{patch}_224") })
             }
-            Arch::Resnet { depth, small_stem: false, .. } => Some(format!("resnet{depth}")),
+            Arch::Resnet { depth, small_stem: false, width: 64, .. } => Some(format!("resnet{depth}")),
             _ => None,
         }
     }
@@ -134,8 +171,8 @@ impl Backbone {
                 let config = VitConfig { width, depth, heads, patch, in_chans, img_size, mlp_ratio: 4.0, drop_path, layer_scale };
                 Backbone::Vit(Vit::new(path, config))
             }
-            Arch::Resnet { depth, small_stem, stem_stride } => {
-                Backbone::ResNet(ResNet::new(path, ResNetConfig { depth, in_chans, small_stem, stem_stride, drop_path }))
+            Arch::Resnet { depth, small_stem, stem_stride, width } => {
+                Backbone::ResNet(ResNet::new(path, ResNetConfig { depth, in_chans, small_stem, stem_stride, width, drop_path }))
             }
         })
     }

@@ -19,6 +19,8 @@ pub struct ResNetConfig {
     pub small_stem: bool,
     /// Stride of the small stem's 3×3 conv (1 or 2); the ImageNet stem always has stride 2.
     pub stem_stride: i64,
+    /// Channels of the stem and the first stage (64 in the paper's ResNets); the stages have 1, 2, 4, 8 times it.
+    pub width: i64,
     /// Stochastic-depth rate of the last block (linearly increasing over the blocks).
     pub drop_path: f64,
 }
@@ -37,7 +39,7 @@ impl ResNetConfig {
     }
 
     pub fn embed_dim(&self) -> i64 {
-        if self.bottleneck() { 2048 } else { 512 }
+        if self.bottleneck() { 32 * self.width } else { 8 * self.width }
     }
 }
 
@@ -117,16 +119,17 @@ pub struct ResNet {
 impl ResNet {
     pub fn new(path: &nn::Path, config: ResNetConfig) -> ResNet {
         let stem_conv = if config.small_stem {
-            conv(path / "conv1", config.in_chans, 64, 3, config.stem_stride)
+            conv(path / "conv1", config.in_chans, config.width, 3, config.stem_stride)
         } else {
-            conv(path / "conv1", config.in_chans, 64, 7, 2)
+            conv(path / "conv1", config.in_chans, config.width, 7, 2)
         };
-        let stem = (stem_conv, batch_norm(path / "bn1", 64, false));
+        let stem = (stem_conv, batch_norm(path / "bn1", config.width, false));
         let expansion = if config.bottleneck() { 4 } else { 1 };
         let total_blocks: i64 = config.blocks_per_stage().iter().sum();
         let mut blocks = Vec::new();
-        let mut in_c = 64;
-        for (stage, (&count, planes)) in config.blocks_per_stage().iter().zip([64, 128, 256, 512]).enumerate() {
+        let mut in_c = config.width;
+        let planes_per_stage = [1, 2, 4, 8].map(|m| m * config.width);
+        for (stage, (&count, planes)) in config.blocks_per_stage().iter().zip(planes_per_stage).enumerate() {
             for i in 0..count {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
                 let rate = config.drop_path * blocks.len() as f64 / (total_blocks - 1) as f64;
