@@ -59,6 +59,12 @@ pub fn spectrum(embeddings: &Tensor) -> Spectrum {
     }
 }
 
+/// SIGReg (Epps–Pulley, the default 17 knots on [0, 3]) of n embeddings all at one point: the value a fully
+/// collapsed embedding reads, against ≈ 1 for N(0, I).
+pub fn collapsed_sigreg(n: i64) -> f64 {
+    0.402 * n as f64
+}
+
 /// The label-free verdict on a finished run: its projector outputs on training images (SIGReg against
 /// N(0, I) and effective rank) and whether SIGReg came down during training.
 #[derive(Debug, Serialize)]

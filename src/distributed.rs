@@ -44,6 +44,17 @@ pub(crate) fn take_string(s: *mut c_char) -> String {
     text
 }
 
+/// Calls a shim that writes a new tensor to its out-pointer and returns null, or a malloc'd message.
+pub(crate) fn tensor_from_shim(call: impl FnOnce(*mut *mut C_tensor) -> *mut c_char) -> Result<Tensor, String> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    let error = call(&mut out);
+    if !error.is_null() {
+        return Err(take_string(error));
+    }
+    // SAFETY: on success the shim handed over a new at::Tensor, owned from here on.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
 /// Who this process is and where the group meets: flags, else torchrun's environment variables.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Launch {

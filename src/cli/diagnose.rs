@@ -86,7 +86,7 @@ pub fn run(args: Args) -> Result<()> {
     if let NormalityTest::EppsPulley(ep) = test {
         println!(
             "  Epps–Pulley t_max {}, {} knots; ≈1.05 for isotropic N(0,1) embeddings, ≈{:.0} (0.40·N) when collapsed",
-            ep.t_max, ep.knots, 0.402 * n as f64
+            ep.t_max, ep.knots, crate::diagnostics::collapsed_sigreg(n)
         );
     }
     let summary = |v: &[f64]| {

@@ -191,7 +191,7 @@ pub fn run(args: Args) -> Result<()> {
             println!(
                 "embedding health (no labels needed; {} training images through the projector, health.json):", h.n
             );
-            println!("  SIGReg {:.3}   (≈ 1 for N(0, I) outputs, ≈ {:.0} when collapsed; it falls as training goes on)", h.sigreg, 0.402 * h.n as f64);
+            println!("  SIGReg {:.3}   (≈ 1 for N(0, I) outputs, ≈ {:.0} when collapsed; it falls as training goes on)", h.sigreg, crate::diagnostics::collapsed_sigreg(h.n));
             println!("  effective rank {:.1} of {}   (healthy: a good fraction of {}; near 1: collapsed to a line)", h.effective_rank, h.dim, h.dim);
             if let (Some(start), Some(end)) = (h.training_sigreg_start, h.training_sigreg_end) {
                 println!("  training SIGReg {start:.3} → {end:.3}");

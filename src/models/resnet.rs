@@ -183,12 +183,7 @@ unsafe extern "C" {
 /// `images` in channels-last (NHWC) layout: libtorch's convolutions then keep that layout through the
 /// network, which is faster on the CPU (BENCHMARKS.md); the values are the same.
 fn channels_last(images: &Tensor) -> Tensor {
-    let mut out: *mut C_tensor = std::ptr::null_mut();
-    // SAFETY: `images` is a live tensor; the shim writes a new tensor to `out` or returns a malloc'd message.
-    let error = unsafe { lejepa_channels_last(images.as_ptr() as *mut C_tensor, &mut out) };
-    if !error.is_null() {
-        panic!("channels-last copy failed: {}", crate::distributed::take_string(error));
-    }
-    // SAFETY: the shim handed over a new tensor, owned from here on.
-    unsafe { Tensor::from_ptr(out) }
+    // SAFETY: `images` is a live tensor for the call.
+    crate::distributed::tensor_from_shim(|out| unsafe { lejepa_channels_last(images.as_ptr() as *mut C_tensor, out) })
+        .unwrap_or_else(|e| panic!("channels-last copy failed: {e}"))
 }

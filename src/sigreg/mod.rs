@@ -238,15 +238,10 @@ pub fn directions(dim: i64, slices: i64, seed: u64, step: u64) -> Tensor {
 pub fn to_device_nonblocking(host: Tensor, device: tch::Device) -> Tensor {
     match device {
         tch::Device::Cuda(index) => {
-            let mut out: *mut C_tensor = std::ptr::null_mut();
-            // SAFETY: `host` is a live tensor; the shim writes a new tensor that we own to `out`, or returns a message.
-            let error = unsafe { lejepa_to_device_nonblocking(host.as_ptr() as *mut C_tensor, index as i32, &mut out) };
-            if !error.is_null() {
-                // Runs check the device at start-up; reaching this is a bug, reported with libtorch's reason.
-                panic!("copying to cuda:{index} failed: {}", crate::distributed::take_string(error));
-            }
-            // SAFETY: the shim handed over a new tensor.
-            unsafe { Tensor::from_ptr(out) }
+            // SAFETY: `host` is a live tensor for the call.
+            let copy = crate::distributed::tensor_from_shim(|out| unsafe { lejepa_to_device_nonblocking(host.as_ptr() as *mut C_tensor, index as i32, out) });
+            // Runs check the device at start-up; reaching this is a bug, reported with libtorch's reason.
+            copy.unwrap_or_else(|e| panic!("copying to cuda:{index} failed: {e}"))
         }
         _ => host.to_device(device),
     }
