@@ -6,6 +6,7 @@ pub mod data;
 pub mod diagnostics;
 pub mod distributed;
 pub mod eval;
+pub mod export;
 pub mod mkl_dispatch;
 pub mod models;
 pub mod npy;

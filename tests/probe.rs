@@ -140,3 +140,84 @@ fn probing_without_a_model_or_with_unlabeled_data_says_why() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains(&data) && stderr.contains("needs labels") && stderr.contains("class subfolders"), "{stderr}");
 }
+
+/// `embed --split all` on a labeled folder: one CSV row per embedding saying which file it is, its
+/// split and its label; each row's embedding is the backbone's output for that file, computed here
+/// from the file itself (decoded, normalised with the given statistics, forwarded).
+#[test]
+fn embed_says_which_image_each_row_is() {
+    let dir = scratch("embed-index");
+    let root = dir.join("images");
+    let mut files = Vec::new();
+    for (class, names) in [("cat", vec!["0.png", "1.png", "2.png", "3.png"]), ("dog", vec!["a, \"quoted\".png", "b.png", "c.png", "d.png"])] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for (i, name) in names.iter().enumerate() {
+            let shade = (i as u8 + 1) * if class == "cat" { 20 } else { 45 };
+            image::GrayImage::from_fn(12, 12, |x, y| image::Luma([shade.wrapping_add((x * y) as u8)])).save(root.join(class).join(name)).unwrap();
+            files.push(format!("{class}/{name}"));
+        }
+    }
+    tch::manual_seed(0);
+    let arch = lejepa::models::Arch::from_name("vit-tiny-patch4-depth2").unwrap();
+    let encoder = lejepa::models::Encoder::new(tch::Device::Cpu, arch, 1, 12, 0.0, &[16]).unwrap();
+    let weights = dir.join("weights.safetensors");
+    encoder.save_backbone(&weights).unwrap();
+
+    let out_npy = dir.join("all.npy");
+    let data = format!("folder:{}", root.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+        .args(["embed", "--weights", weights.to_str().unwrap(), "--arch", "vit-tiny-patch4-depth2", "--data", &data])
+        .args(["--split", "all", "--normalize", "0.5,0.25", "--out", out_npy.to_str().unwrap()])
+        .output_within(CHILD_DEADLINE);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let embeddings = Tensor::read_npy(&out_npy).unwrap();
+    let labels = Vec::<i64>::try_from(Tensor::read_npy(dir.join("all_labels.npy")).unwrap()).unwrap();
+
+    let mut reader = csv::Reader::from_path(dir.join("all.csv")).unwrap();
+    assert_eq!(reader.headers().unwrap(), vec!["row", "image", "split", "label", "class"]);
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), files.len(), "one row per image of every split");
+    assert_eq!(embeddings.size()[0] as usize, rows.len());
+    let mut listed: Vec<String> = rows.iter().map(|r| r[1].to_string()).collect();
+    listed.sort();
+    files.sort();
+    assert_eq!(listed, files, "the rows name every file once, relative to the folder");
+    assert!(rows.iter().any(|r| r[2] == *"train") && rows.iter().any(|r| r[2] == *"test"));
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row[0], i.to_string());
+        assert_eq!(row[4], row[1][..3], "the class is the file's subfolder");
+        assert_eq!(row[3], labels[i].to_string(), "the CSV's label is the labels file's");
+        // The row's embedding is that file's.
+        let pixels = image::open(root.join(&row[1])).unwrap().to_luma8();
+        let x = Tensor::from_slice(pixels.as_raw()).to_kind(Kind::Float).view([1, 1, 12, 12]) / 255.0;
+        let expected = tch::no_grad(|| encoder.backbone.forward(&((x - 0.5) / 0.25), false)).embedding;
+        let error = (embeddings.get(i as i64) - expected.squeeze_dim(0)).abs().max().double_value(&[]);
+        assert!(error < 1e-4, "row {i} ({}): its embedding differs from the file's by {error}", &row[1]);
+    }
+
+    // Weights that carry no statistics (as a timm model's file): 3-channel weights are fed ImageNet's,
+    // as timm's pretrained_cfg says for its ViT, ResNet and DINOv2 weights; `--normalize run` has none to use.
+    let rgb = lejepa::models::Encoder::new(tch::Device::Cpu, lejepa::models::Arch::from_name("resnet18").unwrap(), 3, 12, 0.0, &[16]).unwrap();
+    std::fs::create_dir_all(dir.join("timm")).unwrap();
+    let foreign = dir.join("timm/resnet18.safetensors");
+    rgb.save_backbone(&foreign).unwrap();
+    let embed = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_lejepa"))
+            .args(["embed", "--weights", foreign.to_str().unwrap(), "--arch", "resnet18", "--data", &data])
+            .args(["--out", dir.join("rgb.npy").to_str().unwrap()])
+            .args(extra)
+            .output_within(CHILD_DEADLINE)
+    };
+    let out = embed(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("normalised with ImageNet's: mean [0.4850, 0.4560, 0.4060], std [0.2290, 0.2240, 0.2250]"), "{stdout}");
+    let out = embed(&["--normalize", "run"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no statistics found"), "{}", String::from_utf8_lossy(&out.stderr));
+    // The data's own statistics, one gray value replicated for the RGB model.
+    let out = embed(&["--normalize", "data"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| l.starts_with("preprocessing")).unwrap_or_default().to_string();
+    let mean: Vec<&str> = line.split("mean [").nth(1).unwrap_or_default().split(']').next().unwrap_or_default().split(", ").collect();
+    assert!(line.contains("the data's") && mean.len() == 3 && mean[0] == mean[1] && mean[1] == mean[2], "{line}");
+}
+

@@ -56,7 +56,21 @@ fn vit_accepts_other_view_sizes_and_reports_probe_features() {
     assert_eq!(global.probe.size(), [3, 384], "class tokens of the last two blocks");
 }
 
-fn timm_check(python: &Path, mode: &str, name: &str, img_size: i64, in_chans: i64, dir: &Path, extra: &[&str]) {
+/// Non-trivial BatchNorm statistics and γ, so that eval-mode BatchNorm is really compared.
+fn perturb_batch_norms(enc: &Encoder) {
+    tch::no_grad(|| {
+        for (name, var) in enc.vs.variables() {
+            if name.ends_with("running_var") || (name.contains("bn") && name.ends_with("weight")) {
+                let _ = var.shallow_clone().copy_(&(Tensor::rand_like(&var) + 0.5));
+            } else if name.ends_with("running_mean") {
+                let _ = var.shallow_clone().copy_(&(Tensor::randn_like(&var) * 0.1));
+            }
+        }
+    });
+}
+
+/// Runs scripts/reference/timm_check.py; fails the test if it fails, else returns its JSON line.
+fn timm_check(python: &Path, mode: &str, name: &str, img_size: i64, in_chans: i64, dir: &Path, extra: &[&str]) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/timm_check.py");
     let out = Command::new(python)
         .arg(script)
@@ -67,6 +81,7 @@ fn timm_check(python: &Path, mode: &str, name: &str, img_size: i64, in_chans: i6
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "timm_check {mode} {name}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
     eprintln!("{stdout}");
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("timm_check {mode}: no JSON line ({e}): {stdout}"))
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -92,26 +107,17 @@ fn weights_and_features_round_trip_with_timm() {
         // lejepa → timm: timm loads our file with strict=True and reproduces our features.
         tch::manual_seed(0);
         let mut enc = encoder(arch, in_chans, img_size);
-        // Non-trivial BatchNorm statistics and γ so that eval-mode BatchNorm is really compared.
-        tch::no_grad(|| {
-            for (name, var) in enc.vs.variables() {
-                if name.ends_with("running_var") || (name.contains("bn") && name.ends_with("weight")) {
-                    let _ = var.shallow_clone().copy_(&(Tensor::rand_like(&var) + 0.5));
-                } else if name.ends_with("running_mean") {
-                    let _ = var.shallow_clone().copy_(&(Tensor::randn_like(&var) * 0.1));
-                }
-            }
-        });
+        perturb_batch_norms(&enc);
         let input = Tensor::randn([2, in_chans, input_size, input_size], (Kind::Float, Device::Cpu));
         let ours = tch::no_grad(|| enc.backbone.forward(&input, false));
         enc.save_backbone(&dir.join("weights.safetensors")).unwrap();
         input.write_npy(dir.join("input.npy")).unwrap();
         ours.embedding.write_npy(dir.join("features.npy")).unwrap();
         ours.probe.write_npy(dir.join("probe_features.npy")).unwrap();
-        timm_check(&python, "verify", &timm_name, img_size, in_chans, &dir, &[]);
+        let _ = timm_check(&python, "verify", &timm_name, img_size, in_chans, &dir, &[]);
 
         // timm → lejepa: we load timm's own initialisation and reproduce its features.
-        timm_check(&python, "export", &timm_name, img_size, in_chans, &dir, &["--input-size", &input_size.to_string()]);
+        let _ = timm_check(&python, "export", &timm_name, img_size, in_chans, &dir, &["--input-size", &input_size.to_string()]);
         enc.load_backbone(&dir.join("weights.safetensors")).unwrap();
         let input = Tensor::read_npy(dir.join("input.npy")).unwrap();
         let theirs = Tensor::read_npy(dir.join("features.npy")).unwrap();
@@ -167,5 +173,61 @@ fn the_printed_timm_line_builds_the_same_network() {
         let theirs = Tensor::read_npy(dir.join("theirs.npy")).unwrap();
         let diff = max_abs_diff(&ours, &theirs);
         assert!(diff <= 1e-4, "{arch}: timm's features of our weights differ by {diff}");
+    }
+}
+
+/// `lejepa export` writes a folder that timm builds and loads by itself (`local-dir:`, as `hf-hub:`
+/// would after an upload) with the preprocessing in its config.json; lejepa reads that preprocessing back.
+#[test]
+fn exported_folders_load_in_timm_with_their_preprocessing() {
+    let Some(python) = common::python_with("timm, safetensors", "the timm export check") else { return };
+    // (architecture, channels, size, --normalize, the mean and std that value means for the model's channels)
+    let cases = [
+        ("vit-tiny-patch4-depth2", 1, 28, "0.25,0.5", vec![0.25], vec![0.5]),
+        ("resnet18", 3, 64, "0.1,0.2,0.3,0.4,0.5,0.6", vec![0.1, 0.2, 0.3], vec![0.4, 0.5, 0.6]),
+    ];
+    for (arch, in_chans, img_size, normalize, mean, std) in cases {
+        let dir = common::scratch(&format!("export-{arch}"));
+        tch::manual_seed(1);
+        let enc = encoder(arch, in_chans, img_size);
+        perturb_batch_norms(&enc);
+        let weights = dir.join("weights.safetensors");
+        enc.save_backbone(&weights).unwrap();
+        let model_dir = dir.join("model");
+        let size = img_size.to_string();
+        let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+            .args(["export", "--weights", weights.to_str().unwrap(), "--arch", arch, "--data", "digits", "--img-size", &size])
+            .args(["--normalize", normalize, "--out", model_dir.to_str().unwrap()])
+            .output_within(CHILD_DEADLINE);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{arch}: export failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        for file in ["model.safetensors", "config.json", "README.md"] {
+            assert!(model_dir.join(file).exists(), "{arch}: no {file} in the folder");
+        }
+
+        // timm builds the network from config.json alone, loads model.safetensors strictly, and gives our features.
+        let input = Tensor::randn([2, in_chans, img_size, img_size], (Kind::Float, Device::Cpu));
+        let ours = tch::no_grad(|| enc.backbone.forward(&input, false));
+        input.write_npy(dir.join("input.npy")).unwrap();
+        ours.embedding.write_npy(dir.join("features.npy")).unwrap();
+        ours.probe.write_npy(dir.join("probe_features.npy")).unwrap();
+        let report = timm_check(&python, "local-dir", "", img_size, in_chans, &dir, &[]);
+        let config = &report["data_config"];
+        assert_eq!(config["input_size"], serde_json::json!([in_chans, img_size, img_size]), "{arch}: {report}");
+        let close = |value: &serde_json::Value, expected: &[f64]| {
+            let got: Vec<f64> = value.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            got.len() == expected.len() && got.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-6)
+        };
+        assert!(close(&config["mean"], &mean) && close(&config["std"], &std), "{arch}: timm resolves {config}, expected mean {mean:?} std {std:?}");
+
+        // lejepa reads the folder's preprocessing back when embedding with its weights.
+        let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+            .args(["embed", "--weights", model_dir.to_str().unwrap(), "--arch", arch, "--data", "digits", "--img-size", &size])
+            .args(["--out", dir.join("e.npy").to_str().unwrap()])
+            .output_within(CHILD_DEADLINE);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{arch}: embed failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        let expected = format!("normalised with the weights' ({}): mean [{}]", model_dir.join("config.json").display(), mean.iter().map(|m| format!("{m:.4}")).collect::<Vec<_>>().join(", "));
+        assert!(stdout.contains(&expected), "{arch}: expected '{expected}' in: {stdout}");
     }
 }

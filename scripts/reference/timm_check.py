@@ -6,6 +6,9 @@
           convolutions in other memory layouts, which sum in another order).
   export: a freshly initialised timm model writes its safetensors, an input, its features and probe
           features, for lejepa to load and compare.
+  local-dir: timm.create_model("local-dir:DIR/model", pretrained=True) builds and loads a folder that
+          `lejepa export` wrote (no --name needed) and gives the same features as lejepa computed; the
+          JSON line adds the preprocessing timm resolves from the folder's config.json.
 Probe features: the paper's, the last two blocks' outputs concatenated (a ViT's class tokens, a ResNet's
 outputs average-pooled), taken from timm's blocks by forward hooks.
 
@@ -19,8 +22,8 @@ import torch, timm
 from safetensors.torch import load_file, save_file
 
 p = argparse.ArgumentParser()
-p.add_argument("mode", choices=["verify", "export"])
-p.add_argument("--name", required=True)
+p.add_argument("mode", choices=["verify", "export", "local-dir"])
+p.add_argument("--name", default="")
 p.add_argument("--img-size", type=int, default=224)
 p.add_argument("--in-chans", type=int, default=3)
 p.add_argument("--dir", required=True)
@@ -33,7 +36,13 @@ kwargs = dict(num_classes=0, in_chans=a.in_chans)
 if a.name.startswith("vit"):
     kwargs.update(img_size=a.img_size, dynamic_img_size=True)
 torch.manual_seed(0)
-model = timm.create_model(a.name, **kwargs).eval()
+data_config = None
+if a.mode == "local-dir":
+    model = timm.create_model(f"local-dir:{os.path.join(a.dir, 'model')}", pretrained=True, num_classes=0).eval()
+    data_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in timm.data.resolve_data_config(model=model).items()}
+    a.name = model.pretrained_cfg["architecture"]
+else:
+    model = timm.create_model(a.name, **kwargs).eval()
 weights, inputs, features, probe_features = (os.path.join(a.dir, f) for f in ("weights.safetensors", "input.npy", "features.npy", "probe_features.npy"))
 
 if a.name.startswith("vit"):
@@ -57,7 +66,8 @@ if a.mode == "export":
     print(json.dumps({"exported": a.name, "tensors": len(state)}))
     sys.exit(0)
 
-model.load_state_dict(load_file(weights), strict=True)
+if a.mode == "verify":
+    model.load_state_dict(load_file(weights), strict=True)
 x = torch.from_numpy(np.load(inputs))
 with torch.no_grad():
     ours = torch.from_numpy(np.load(features))
@@ -67,5 +77,6 @@ diff = (ours - theirs).abs().max().item()
 probe_diff = (ours_probe - theirs_probe).abs().max().item() if ours_probe.shape == theirs_probe.shape else float("inf")
 scale = max(theirs.abs().max().item(), theirs_probe.abs().max().item(), 1.0)
 print(json.dumps({"name": a.name, "max_abs_diff": diff, "shape": list(theirs.shape),
-                  "probe_max_abs_diff": probe_diff, "probe_shape": list(theirs_probe.shape), "largest_feature": scale}))
+                  "probe_max_abs_diff": probe_diff, "probe_shape": list(theirs_probe.shape), "largest_feature": scale,
+                  "data_config": data_config}))
 sys.exit(0 if max(diff, probe_diff) <= a.tol * scale else 1)

@@ -1,19 +1,22 @@
 //! `lejepa embed`: the frozen backbone's embeddings of a dataset (or its projector's outputs), as
 //! .npy for use elsewhere (`lejepa diagnose` reads them).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tch::{Device, Tensor};
 
 use super::data_args::DataArgs;
 use super::model_args::{ModelArgs, fit_channels};
+use crate::data::{Dataset, Split};
 use crate::eval::{FeatureKind, features};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum SplitName {
     Train,
     Test,
+    /// Every image: the training split, then the validation and test splits.
+    All,
 }
 
 #[derive(clap::Args)]
@@ -25,7 +28,9 @@ pub struct Args {
     /// Which split to embed.
     #[arg(long, value_enum, default_value = "test")]
     split: SplitName,
-    /// Output .npy (N × D float32); labels, when present, go to <stem>_labels.npy.
+    /// Output .npy (N × D float32). Beside it, <stem>.csv says which image each row is (its path
+    /// relative to the data folder, or its row in the source; split; label and class); labels, when
+    /// present, also go to <stem>_labels.npy.
     #[arg(long)]
     out: PathBuf,
     /// Write the linear probe's features (the last two blocks: ViT class tokens, ResNet pooled) instead of the embedding.
@@ -41,24 +46,60 @@ pub fn run(args: Args) -> Result<()> {
     let default_data = args.model.run_config()?.map_or("fashion-mnist".to_string(), |c| c.data);
     let dataset = args.data.open(&default_data)?;
     let model = args.model.load(&dataset, false)?;
-    let split = match args.split {
-        SplitName::Train => &dataset.train,
-        SplitName::Test => &dataset.test,
+    println!("preprocessing: {}", model.preprocessing);
+    let splits: Vec<(&str, &Split)> = match args.split {
+        SplitName::Train => vec![("train", &*dataset.train)],
+        SplitName::Test => vec![("test", &dataset.test)],
+        SplitName::All => vec![("train", &*dataset.train), ("val", &dataset.val), ("test", &dataset.test)],
     };
-    anyhow::ensure!(!split.is_empty(), "{}: the {:?} split is empty", dataset.spec, args.split);
+    let splits: Vec<(&str, &Split)> = splits.into_iter().filter(|(_, split)| !split.is_empty()).collect();
+    anyhow::ensure!(!splits.is_empty(), "{}: the {:?} split is empty", dataset.spec, args.split);
     let kind = if args.probe_features { FeatureKind::Probe } else { FeatureKind::Embedding };
-    let mut embeddings = features(&model.encoder.backbone, &fit_channels(split, &model), &model.crop, kind, model.device)?;
+    let chunks = splits
+        .iter()
+        .map(|(_, split)| features(&model.encoder.backbone, &fit_channels(split, &model), &model.crop, kind, model.device))
+        .collect::<Result<Vec<Tensor>>>()?;
+    let mut embeddings = Tensor::cat(&chunks, 0);
     if args.projector {
         let projector = args.model.trained_projector(model.encoder.backbone.embed_dim(), model.device)?;
         embeddings = tch::no_grad(|| projector.forward(&embeddings.to_device(model.device), false)).to_device(Device::Cpu);
     }
     crate::npy::write(&embeddings, &args.out)?;
     println!("{}: {} embeddings of dimension {}", args.out.display(), embeddings.size()[0], embeddings.size()[1]);
-    if let Some(labels) = &split.labels {
-        let stem = args.out.file_stem().unwrap_or_default().to_string_lossy().to_string();
+
+    let stem = args.out.file_stem().unwrap_or_default().to_string_lossy().to_string();
+    let index = args.out.with_file_name(format!("{stem}.csv"));
+    write_index(&index, &splits, &dataset)?;
+    println!("{}: the image of each row", index.display());
+    if splits.iter().all(|(_, split)| split.labels.is_some()) {
+        let labels: Vec<i64> = splits.iter().flat_map(|(_, split)| split.labels.clone().unwrap_or_default()).collect();
         let path = args.out.with_file_name(format!("{stem}_labels.npy"));
-        crate::npy::write(&Tensor::from_slice(labels), &path)?;
+        crate::npy::write(&Tensor::from_slice(&labels), &path)?;
         println!("{}: {} labels", path.display(), labels.len());
     }
+    Ok(())
+}
+
+/// One CSV row per embedding: its row in the .npy, the image (path relative to an image folder, else
+/// the row in the source), the split, and the label and class name where the data has labels.
+fn write_index(path: &Path, splits: &[(&str, &Split)], dataset: &Dataset) -> Result<()> {
+    let root = dataset.spec.strip_prefix("folder:").map(PathBuf::from);
+    let mut writer = csv::Writer::from_path(path).with_context(|| format!("{}: cannot write", path.display()))?;
+    writer.write_record(["row", "image", "split", "label", "class"])?;
+    let mut row = 0usize;
+    for (name, split) in splits {
+        for i in 0..split.len() {
+            let image = split.name(i);
+            let image = match &root {
+                Some(root) => Path::new(&image).strip_prefix(root).map_or(image.clone(), |p| p.display().to_string()),
+                None => image,
+            };
+            let label = split.labels.as_ref().map(|l| l[i]);
+            let class = label.and_then(|l| dataset.classes.get(l as usize)).cloned().unwrap_or_default();
+            writer.write_record([row.to_string(), image, name.to_string(), label.map_or(String::new(), |l| l.to_string()), class])?;
+            row += 1;
+        }
+    }
+    writer.flush().with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod config_args;
 pub mod data_args;
 mod diagnose;
 mod embed;
+mod export;
 mod model_args;
 mod pretrain;
 pub mod probe;
@@ -34,6 +35,8 @@ enum Command {
     Probe(probe::Args),
     /// Write a frozen backbone's embeddings of a dataset split as .npy (+ labels).
     Embed(embed::Args),
+    /// Write a backbone as a model folder timm and the Hugging Face hub load (model.safetensors, config.json, model card).
+    Export(export::Args),
     /// SIGReg statistic, per-dimension moments and covariance spectrum of an N×K .npy of embeddings.
     Diagnose(diagnose::Args),
     /// Run a grid of pretraining runs (resumable), then rank them as `select` does.
@@ -51,6 +54,7 @@ pub fn run() -> Result<()> {
         Command::Views(args) => views::run(args),
         Command::Probe(args) => probe::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::Export(args) => export::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Select(args) => select::run(args),
         Command::Bench(args) => bench::run(args),
@@ -67,7 +71,7 @@ mod tests {
     fn every_option_of_every_subcommand_has_a_help_line() {
         let cli = super::Cli::command();
         let names: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
-        assert_eq!(names, ["pretrain", "views", "probe", "embed", "diagnose", "sweep", "select", "bench"]);
+        assert_eq!(names, ["pretrain", "views", "probe", "embed", "export", "diagnose", "sweep", "select", "bench"]);
         let mut bare = Vec::new();
         for sub in cli.get_subcommands() {
             assert!(sub.get_about().is_some(), "{} has no description", sub.get_name());

@@ -1,7 +1,9 @@
 //! Which frozen backbone an evaluation command uses: a pretraining run, or any safetensors file
-//! with timm's names (from lejepa or from timm, e.g. a model a user brings) with its architecture.
+//! with timm's names (from lejepa or from timm, e.g. a model a user brings) with its architecture,
+//! and how its images are normalised: as the weights were trained.
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use anyhow::{Context, Result, bail, ensure};
 use tch::{Device, Tensor, nn};
@@ -30,6 +32,70 @@ pub struct ModelArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Image normalisation: run (the statistics the weights were trained with: a run's, or an exported
+    /// folder's config.json), imagenet, data (this data's own), or MEAN,STD values (one pair, or one
+    /// mean per channel then one std per channel). Default: the weights' own where known, else ImageNet's
+    /// for 3-channel weights (timm's and DINOv2's) and the data's for others.
+    #[arg(long, value_name = "run|imagenet|data|MEAN,STD")]
+    pub normalize: Option<Normalize>,
+}
+
+/// How evaluation images are normalised, per channel: (x − mean) / std of pixel values in [0, 1].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Normalize {
+    /// The statistics the weights were trained with.
+    Run,
+    /// ImageNet's, which timm's and DINOv2's weights expect.
+    Imagenet,
+    /// The data's own, from its training split.
+    Data,
+    Values { mean: Vec<f32>, std: Vec<f32> },
+}
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+impl FromStr for Normalize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Normalize, String> {
+        match text {
+            "run" => return Ok(Normalize::Run),
+            "imagenet" => return Ok(Normalize::Imagenet),
+            "data" => return Ok(Normalize::Data),
+            _ => {}
+        }
+        let values: Vec<f32> = text
+            .split(',')
+            .map(|v| v.trim().parse::<f32>().map_err(|_| format!("'{text}': give run, imagenet, data, or MEAN,STD numbers (e.g. 0.5,0.25)")))
+            .collect::<Result<_, _>>()?;
+        if values.len() % 2 != 0 || !(values.len() == 2 || values.len() == 6) {
+            return Err(format!("'{text}': give one mean and one std (2 numbers) or three of each (6 numbers), found {}", values.len()));
+        }
+        let (mean, std) = values.split_at(values.len() / 2);
+        if std.iter().any(|&s| !(s > 0.0)) {
+            return Err(format!("'{text}': the std values must be positive"));
+        }
+        Ok(Normalize::Values { mean: mean.to_vec(), std: std.to_vec() })
+    }
+}
+
+/// The normalisation an evaluation uses, and where it came from (printed and written to JSON).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Preprocessing {
+    /// The side of the central square's evaluation view.
+    pub size: usize,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// e.g. "the run's (RUN/augment.toml)", "ImageNet's", "the data's".
+    pub normalization: String,
+}
+
+impl std::fmt::Display for Preprocessing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[f32]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
+        write!(f, "central square at {0}×{0} px, normalised with {1}: mean [{2}], std [{3}]", self.size, self.normalization, list(&self.mean), list(&self.std))
+    }
 }
 
 /// A frozen backbone ready for a dataset, and the evaluation views that fit it.
@@ -37,6 +103,7 @@ pub struct Model {
     pub encoder: Encoder,
     pub crop: MultiCrop,
     pub device: Device,
+    pub preprocessing: Preprocessing,
 }
 
 /// What a timm-named backbone file says of its input: channels (first convolution's weight) and,
@@ -86,11 +153,7 @@ impl ModelArgs {
             (None, None) => bail!("give --run RUN, or --weights W.safetensors with --arch NAME"),
         };
         let arch = Arch::from_name(&arch_name)?;
-        let weights = match (&self.run, &self.checkpoint) {
-            (_, Some(path)) => Some(path.clone()),
-            (Some(run), None) => Some(run.join("backbone.safetensors")),
-            (None, None) => None,
-        };
+        let weights = self.weights_file();
         let patch = match arch {
             Arch::Vit { patch, .. } => Some(patch),
             Arch::Resnet { .. } => None,
@@ -121,12 +184,9 @@ impl ModelArgs {
         let mut crop = MultiCrop::lejepa(self.img_size.unwrap_or(default_size), multiple, 1, 0);
         // Evaluation reads the central square at the view size: files need decoding no larger.
         dataset.decode_at(crop.global.size);
-        (crop.mean, crop.std) = channel_stats(&dataset.train, dataset.channels)?;
-        if in_chans == 3 && dataset.channels == 1 {
-            // Gray data through an RGB model: the channel is replicated, so is its normalisation.
-            crop.mean = vec![crop.mean[0]; 3];
-            crop.std = vec![crop.std[0]; 3];
-        }
+        let (mean, std, normalization) = self.normalization(dataset, in_chans)?;
+        (crop.mean, crop.std) = (mean.clone(), std.clone());
+        let preprocessing = Preprocessing { size: crop.global.size, mean, std, normalization };
         // Evaluation needs the backbone only; the projector (a token one here) is never used.
         // Built at the size its position embedding was trained for; other sizes are interpolated.
         let build_size = weights_img_size.unwrap_or(crop.global.size as i64);
@@ -139,7 +199,69 @@ impl ModelArgs {
         if let (false, Some((path, tensors))) = (random, weights) {
             encoder.load_backbone_tensors(&path, tensors)?;
         }
-        Ok(Model { encoder, crop, device })
+        Ok(Model { encoder, crop, device, preprocessing })
+    }
+
+    /// The backbone file: --weights (a file, or a run or exported folder holding one), else the run's.
+    pub fn weights_file(&self) -> Option<PathBuf> {
+        match (&self.run, &self.checkpoint) {
+            (_, Some(path)) if path.is_dir() => {
+                ["model.safetensors", "backbone.safetensors"].iter().map(|f| path.join(f)).find(|p| p.exists()).or(Some(path.join("model.safetensors")))
+            }
+            (_, Some(path)) => Some(path.clone()),
+            (Some(run), None) => Some(run.join("backbone.safetensors")),
+            (None, None) => None,
+        }
+    }
+
+    /// The statistics the weights were trained with, where known: the run's augment.toml (--run, or
+    /// --weights inside a run directory) or an exported folder's config.json beside the weights.
+    pub fn trained_statistics(&self) -> Result<Option<(Vec<f32>, Vec<f32>, String)>> {
+        let Some(file) = self.weights_file() else { return Ok(None) };
+        let folder = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let augment = folder.join("augment.toml");
+        if augment.exists() {
+            let text = std::fs::read_to_string(&augment).with_context(|| format!("{}: cannot read", augment.display()))?;
+            let crop: MultiCrop = toml::from_str(&text).with_context(|| format!("{}: not a view recipe", augment.display()))?;
+            return Ok(Some((crop.mean, crop.std, format!("the run's ({})", augment.display()))));
+        }
+        let config = folder.join("config.json");
+        if config.exists() {
+            let text = std::fs::read_to_string(&config).with_context(|| format!("{}: cannot read", config.display()))?;
+            let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config.display()))?;
+            let list = |key: &str| -> Option<Vec<f32>> { value["pretrained_cfg"][key].as_array()?.iter().map(|v| v.as_f64().map(|x| x as f32)).collect() };
+            if let (Some(mean), Some(std)) = (list("mean"), list("std")) {
+                return Ok(Some((mean, std, format!("the weights' ({})", config.display()))));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Mean and std for a model of `in_chans` channels on `dataset`, and where they came from.
+    fn normalization(&self, dataset: &Dataset, in_chans: i64) -> Result<(Vec<f32>, Vec<f32>, String)> {
+        let chosen = match &self.normalize {
+            Some(choice) => choice.clone(),
+            None if self.trained_statistics()?.is_some() => Normalize::Run,
+            None if self.has_model() && in_chans == 3 => Normalize::Imagenet,
+            None => Normalize::Data,
+        };
+        let (mean, std, source) = match chosen {
+            Normalize::Run => self.trained_statistics()?.context(
+                "--normalize run: no statistics found (neither a run's augment.toml nor an exported config.json beside the weights)",
+            )?,
+            Normalize::Imagenet => (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec(), "ImageNet's".to_string()),
+            Normalize::Data => {
+                let (mean, std) = channel_stats(&dataset.train, dataset.channels)?;
+                (mean, std, format!("the data's ({})", dataset.spec))
+            }
+            Normalize::Values { mean, std } => (mean, std, "the given values".to_string()),
+        };
+        match (mean.len() as i64, in_chans) {
+            (n, c) if n == c => Ok((mean, std, source)),
+            // One gray statistic for an RGB model: the channel is replicated, so is its normalisation.
+            (1, 3) => Ok((vec![mean[0]; 3], vec![std[0]; 3], source)),
+            (n, c) => bail!("{source} normalisation has {n} channel(s) but the model takes {c}: give --normalize data or MEAN,STD"),
+        }
     }
 
     /// The run's trained projector (from its checkpoint.safetensors: a backbone file does not hold
@@ -171,4 +293,22 @@ fn backbone_part(tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
 /// The split read with gray images turned RGB when the model takes 3 channels.
 pub fn fit_channels(split: &Split, model: &Model) -> Split {
     if model.crop.mean.len() == 3 { split.as_rgb() } else { split.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Normalize;
+
+    #[test]
+    fn normalize_values_are_a_mean_and_std_pair_or_three_of_each() {
+        assert_eq!("imagenet".parse::<Normalize>(), Ok(Normalize::Imagenet));
+        assert_eq!("0.5,0.25".parse::<Normalize>(), Ok(Normalize::Values { mean: vec![0.5], std: vec![0.25] }));
+        assert_eq!(
+            "0.1,0.2,0.3,0.4,0.5,0.6".parse::<Normalize>(),
+            Ok(Normalize::Values { mean: vec![0.1, 0.2, 0.3], std: vec![0.4, 0.5, 0.6] })
+        );
+        for bad in ["0.5", "0.5,0.25,0.1", "0.5,0", "0.5,-1", "mean"] {
+            assert!(bad.parse::<Normalize>().is_err(), "{bad}");
+        }
+    }
 }

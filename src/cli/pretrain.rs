@@ -248,7 +248,7 @@ fn check_resumable(saved: &Config, resolved: &Config, dir: &std::path::Path) -> 
 /// N(0, I), the effective rank, and whether the training SIGReg came down (`diagnostics::Health`).
 fn embedding_health(run_dir: &std::path::Path, dataset: &crate::data::Dataset, device: &str) -> Result<crate::diagnostics::Health> {
     use crate::eval::{FeatureKind, features};
-    let args = super::model_args::ModelArgs { run: Some(run_dir.to_path_buf()), checkpoint: None, arch: None, img_size: None, device: device.into() };
+    let args = super::model_args::ModelArgs { run: Some(run_dir.to_path_buf()), checkpoint: None, arch: None, img_size: None, device: device.into(), normalize: None };
     let model = args.load(dataset, false)?;
     let sample = crate::data::stratified_subset(&dataset.train, 2000);
     let sample = super::model_args::fit_channels(&sample, &model);

@@ -132,8 +132,13 @@ pub fn run(args: Args) -> Result<()> {
     if args.baseline.contains(&Baseline::Random) {
         sources.push(("random init".into(), true));
     }
+    let mut preprocessing = None;
     for (name, random) in sources {
         let model = args.model.load(&dataset, random)?;
+        if preprocessing.is_none() {
+            println!("preprocessing: {}", model.preprocessing);
+            preprocessing = Some(model.preprocessing.clone());
+        }
         let (train, test) = (fit_channels(&dataset.train, &model), fit_channels(&dataset.test, &model));
         let backbone = &model.encoder.backbone;
         rows.push((name, features(backbone, &train, &model.crop, kind, model.device)?, features(backbone, &test, &model.crop, kind, model.device)?));
@@ -187,7 +192,7 @@ pub fn run(args: Args) -> Result<()> {
         "data": dataset.spec, "method": format!("{:?}", args.method).to_lowercase(),
         "features": match features_read { Features::LastTwo => "last-two", Features::Embedding => "embedding" },
         "accuracy": headline["accuracy"], "balanced_accuracy": headline["balanced_accuracy"], "macro_f1": headline["macro_f1"],
-        "shots": report[&rows[0].0], "rows": report,
+        "shots": report[&rows[0].0], "rows": report, "preprocessing": preprocessing,
     });
     if let Some(run) = &args.model.run {
         let name = format!("probe-{}-{}.json", dataset.spec.replace(['/', ':'], "_"), format!("{:?}", args.method).to_lowercase());
@@ -224,7 +229,7 @@ pub fn probe_with_baselines(run: &std::path::Path, dataset: &crate::data::Datase
         let predicted = linear_probe(train_features, train_labels, test_features, classes, ProbeSettings::default())?;
         Ok(scores(&predicted, test_labels, classes).accuracy)
     };
-    let args = ModelArgs { run: Some(run.to_path_buf()), checkpoint: None, arch: None, img_size: None, device: device.to_string() };
+    let args = ModelArgs { run: Some(run.to_path_buf()), checkpoint: None, arch: None, img_size: None, device: device.to_string(), normalize: None };
     let mut result = Baselines { train_images: train.len(), test_images: test.len(), backbone: 0.0, raw_pixels: 0.0, random_init: 0.0 };
     for random in [false, true] {
         let model = args.load(dataset, random)?;
