@@ -12,6 +12,7 @@ pub mod models;
 pub mod npy;
 pub mod objective;
 pub mod optim;
+pub mod pictures;
 pub mod select;
 pub mod sigreg;
 pub mod train;

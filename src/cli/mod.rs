@@ -16,6 +16,7 @@ pub mod probe;
 mod select;
 mod sweep;
 mod views;
+mod visualize;
 
 #[derive(Parser)]
 #[command(name = "lejepa", version, about = "LeJEPA self-supervised image pretraining on libtorch")]
@@ -37,6 +38,8 @@ enum Command {
     Embed(embed::Args),
     /// Write a backbone as a model folder timm and the Hugging Face hub load (model.safetensors, config.json, model card).
     Export(export::Args),
+    /// Picture what a backbone learned: PCA of patch features as RGB, ViT attention, nearest neighbours.
+    Visualize(visualize::Args),
     /// SIGReg statistic, per-dimension moments and covariance spectrum of an N×K .npy of embeddings.
     Diagnose(diagnose::Args),
     /// Run a grid of pretraining runs (resumable), then rank them as `select` does.
@@ -55,6 +58,7 @@ pub fn run() -> Result<()> {
         Command::Probe(args) => probe::run(args),
         Command::Embed(args) => embed::run(args),
         Command::Export(args) => export::run(args),
+        Command::Visualize(args) => visualize::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Select(args) => select::run(args),
         Command::Bench(args) => bench::run(args),
@@ -71,7 +75,7 @@ mod tests {
     fn every_option_of_every_subcommand_has_a_help_line() {
         let cli = super::Cli::command();
         let names: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
-        assert_eq!(names, ["pretrain", "views", "probe", "embed", "export", "diagnose", "sweep", "select", "bench"]);
+        assert_eq!(names, ["pretrain", "views", "probe", "embed", "export", "visualize", "diagnose", "sweep", "select", "bench"]);
         let mut bare = Vec::new();
         for sub in cli.get_subcommands() {
             assert!(sub.get_about().is_some(), "{} has no description", sub.get_name());

@@ -184,6 +184,23 @@ impl Backbone {
         }
     }
 
+    /// For feature pictures (eval mode): per-location features `[B, h·w, D]` (ViT: final-norm patch
+    /// tokens; ResNet: the last feature map), the grid (h, w), and for a ViT the last block's
+    /// class-token attention per head `[B, heads, 1 + h·w]`.
+    pub fn patch_features(&self, images: &Tensor) -> (Tensor, (i64, i64), Option<Tensor>) {
+        match self {
+            Backbone::Vit(vit) => {
+                let (tokens, grid, attention) = vit.patch_tokens_and_attention(images);
+                (tokens, grid, Some(attention))
+            }
+            Backbone::ResNet(resnet) => {
+                let map = resnet.feature_map(images); // [B, C, h, w]
+                let (b, c, h, w) = map.size4().unwrap();
+                (map.permute([0, 2, 3, 1]).reshape([b, h * w, c]), (h, w), None)
+            }
+        }
+    }
+
     pub fn embed_dim(&self) -> i64 {
         match self {
             Backbone::Vit(vit) => vit.config().width,

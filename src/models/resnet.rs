@@ -159,20 +159,34 @@ impl ResNet {
     /// pooled outputs of the last two blocks, concatenated: the paper's probe features ("the last two
     /// layers", mean-pooled where there is no class token), as the ViT's two class tokens.
     pub fn forward(&self, images: &Tensor, train: bool) -> Features {
+        let blocks = self.blocks.len();
+        let mut last_two_pooled = Vec::with_capacity(2);
+        let _last = self.trunk(images, train, |i, x| {
+            if i + 2 >= blocks {
+                last_two_pooled.push(x.mean_dim(&[2i64, 3][..], false, None::<tch::Kind>)); // [B, C]
+            }
+        });
+        let embedding = last_two_pooled.last().expect("a ResNet has blocks").shallow_clone();
+        Features { probe: Tensor::cat(&last_two_pooled, 1), embedding }
+    }
+
+    /// The last block's output before pooling, `[B, C, h, w]` (eval mode): what a feature picture shows.
+    pub fn feature_map(&self, images: &Tensor) -> Tensor {
+        self.trunk(images, false, |_, _| {})
+    }
+
+    /// Stem and blocks; `each(i, x)` sees block i's output. Returns the last block's.
+    fn trunk(&self, images: &Tensor, train: bool, mut each: impl FnMut(usize, &Tensor)) -> Tensor {
         let images = channels_last(&images.to_kind(self.stem.0.ws.kind())); // the weights' precision (f32, or f64 for checks)
         let mut x = images.apply(&self.stem.0).apply_t(&self.stem.1, train).relu();
         if !self.config.small_stem {
             x = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         }
-        let mut last_two_pooled = Vec::with_capacity(2);
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, train);
-            if i + 2 >= self.blocks.len() {
-                last_two_pooled.push(x.mean_dim(&[2i64, 3][..], false, None::<tch::Kind>)); // [B, C]
-            }
+            each(i, &x);
         }
-        let embedding = last_two_pooled.last().expect("a ResNet has blocks").shallow_clone();
-        Features { probe: Tensor::cat(&last_two_pooled, 1), embedding }
+        x
     }
 }
 

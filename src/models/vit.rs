@@ -105,6 +105,15 @@ impl Block {
     /// `class_token_only`: the last block's other tokens feed nothing (the embedding and the probe
     /// read class tokens), so there it needs every token's keys and values but the query, attention
     /// output and MLP of the class token only, 10/12 of its products fewer.
+    /// The class token's attention weights over all tokens, per head: `[B, heads, T]`, rows summing to 1.
+    fn class_attention(&self, x: &Tensor) -> Tensor {
+        let (b, t, d) = x.size3().unwrap();
+        let head_dim = d / self.heads;
+        let [q, k, _] = split_heads(&x.apply(&self.norm1).apply(&self.qkv).reshape([b, t, 3, self.heads, head_dim]));
+        let scores = q.narrow(2, 0, 1).matmul(&k.transpose(-2, -1)) * (head_dim as f64).powf(-0.5); // [B, heads, 1, T]
+        scores.softmax(-1, Kind::Float).squeeze_dim(2)
+    }
+
     fn forward(&self, x: &Tensor, train: bool, class_token_only: bool) -> Tensor {
         let (b, t, d) = x.size3().unwrap();
         let head_dim = d / self.heads;
@@ -188,13 +197,32 @@ impl Vit {
     }
 
     /// images: `[B, C, H, W]` → the final-norm class token and the raw class tokens of the last two blocks.
-    pub fn forward(&self, images: &Tensor, train: bool) -> Features {
+    /// The class token and the patch tokens with their position embedding, `[B, 1 + h·w, width]`, and the grid (h, w).
+    fn tokens(&self, images: &Tensor) -> (Tensor, (i64, i64)) {
         let images = images.to_kind(self.patch_proj.ws.kind()); // the weights' precision (f32, or f64 for checks)
         let patches = images.apply(&self.patch_proj); // [B, width, H/p, W/p]
         let (b, _, grid_h, grid_w) = patches.size4().unwrap();
         let tokens = patches.flatten(2, 3).transpose(1, 2); // [B, T, width]
         let cls = self.cls_token.expand([b, -1, -1], false);
-        let mut x = Tensor::cat(&[cls, tokens], 1) + self.pos_embed_for(grid_h, grid_w);
+        (Tensor::cat(&[cls, tokens], 1) + self.pos_embed_for(grid_h, grid_w), (grid_h, grid_w))
+    }
+
+    /// What a feature picture shows (eval mode): the final-norm patch tokens `[B, h·w, width]`, their
+    /// grid (h, w), and the class token's attention over all tokens (itself first) in the last block,
+    /// per head, `[B, heads, 1 + h·w]`.
+    pub fn patch_tokens_and_attention(&self, images: &Tensor) -> (Tensor, (i64, i64), Tensor) {
+        let (mut x, grid) = self.tokens(images);
+        let (last, earlier) = self.blocks.split_last().expect("a ViT has blocks");
+        for block in earlier {
+            x = block.forward(&x, false, false);
+        }
+        let attention = last.class_attention(&x);
+        let x = last.forward(&x, false, false).apply(&self.norm);
+        (x.narrow(1, 1, grid.0 * grid.1), grid, attention)
+    }
+
+    pub fn forward(&self, images: &Tensor, train: bool) -> Features {
+        let (mut x, _) = self.tokens(images);
         let mut last_two_cls = Vec::with_capacity(2);
         let depth = self.blocks.len();
         for (i, block) in self.blocks.iter().enumerate() {
