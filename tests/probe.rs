@@ -195,8 +195,8 @@ fn embed_says_which_image_each_row_is() {
         assert!(error < 1e-4, "row {i} ({}): its embedding differs from the file's by {error}", &row[1]);
     }
 
-    // Weights that carry no statistics (as a timm model's file): 3-channel weights are fed ImageNet's,
-    // as timm's pretrained_cfg says for its ViT, ResNet and DINOv2 weights; `--normalize run` has none to use.
+    // Weights that carry no statistics (as a timm model's file): fed as timm's pretrained_cfg for the
+    // architecture says (for resnet18, ImageNet's statistics); `--normalize run` has none to use.
     let rgb = lejepa::models::Encoder::new(tch::Device::Cpu, lejepa::models::Arch::from_name("resnet18").unwrap(), 3, 12, 0.0, &[16]).unwrap();
     std::fs::create_dir_all(dir.join("timm")).unwrap();
     let foreign = dir.join("timm/resnet18.safetensors");
@@ -210,7 +210,7 @@ fn embed_says_which_image_each_row_is() {
     };
     let out = embed(&[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("normalised with ImageNet's: mean [0.4850, 0.4560, 0.4060], std [0.2290, 0.2240, 0.2250]"), "{stdout}");
+    assert!(out.status.success() && stdout.contains("normalised with timm's pretrained_cfg for resnet18: mean [0.4850, 0.4560, 0.4060], std [0.2290, 0.2240, 0.2250]"), "{stdout}");
     let out = embed(&["--normalize", "run"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no statistics found"), "{}", String::from_utf8_lossy(&out.stderr));
     // The data's own statistics, one gray value replicated for the RGB model.

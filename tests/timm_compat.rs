@@ -231,3 +231,44 @@ fn exported_folders_load_in_timm_with_their_preprocessing() {
         assert!(stdout.contains(&expected), "{arch}: expected '{expected}' in: {stdout}");
     }
 }
+
+/// Weights without statistics of their own (a timm model's file) are fed what timm's evaluation feeds
+/// them: `lejepa embed` equals timm.create_model + resolve_data_config + create_transform (Pillow's resize,
+/// the centre crop of crop_pct, the normalisation of the weights' pretrained_cfg) on images of other
+/// sizes and shapes than the model's, gray and colour.
+#[test]
+fn foreign_weights_get_timms_own_evaluation_transform() {
+    let Some(python) = common::python_with("timm, safetensors, PIL", "the timm transform check") else { return };
+    let images = common::scratch("timm-transform-images");
+    for (i, (w, h)) in [(300u32, 200u32), (150, 261), (97, 97), (64, 40)].into_iter().enumerate() {
+        let path = images.join(format!("{i}.png"));
+        if i % 2 == 0 {
+            image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 + y) as u8, (y * 5) as u8, ((x * y) % 251) as u8])).save(path).unwrap();
+        } else {
+            image::GrayImage::from_fn(w, h, |x, y| image::Luma([((x * x + 3 * y) % 256) as u8])).save(path).unwrap();
+        }
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/timm_transform_check.py");
+    for (arch, timm_name) in [("vit-tiny-patch16", "vit_tiny_patch16_224"), ("resnet18", "resnet18")] {
+        let dir = common::scratch(&format!("timm-transform-{arch}"));
+        let python_step = |mode: &str| {
+            let out = Command::new(&python)
+                .arg(&script)
+                .args([mode, "--name", timm_name, "--dir", dir.to_str().unwrap(), "--images", images.to_str().unwrap()])
+                .output_within(CHILD_DEADLINE);
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(out.status.success(), "{timm_name} {mode}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+            eprintln!("{stdout}");
+            stdout
+        };
+        python_step("init");
+        let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+            .args(["embed", "--weights", dir.join("weights.safetensors").to_str().unwrap(), "--arch", arch])
+            .args(["--data", &format!("folder:{}", images.display()), "--split", "all", "--out", dir.join("emb.npy").to_str().unwrap()])
+            .output_within(CHILD_DEADLINE);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{arch}: embed failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(&format!("normalised with timm's pretrained_cfg for {timm_name}")), "{arch}: {stdout}");
+        python_step("compare");
+    }
+}

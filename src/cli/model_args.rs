@@ -10,7 +10,8 @@ use tch::{Device, Tensor, nn};
 
 use crate::data::augment::MultiCrop;
 use crate::data::{Dataset, Split, channel_stats};
-use crate::models::{Arch, Encoder, Projector, copy_variables, read_weights};
+use crate::data::pil::TimmResize;
+use crate::models::{Arch, Encoder, Projector, TimmPreprocessing, copy_variables, read_weights};
 use crate::train::config::Config;
 use crate::train::parse_device;
 
@@ -83,8 +84,10 @@ impl FromStr for Normalize {
 /// The normalisation an evaluation uses, and where it came from (printed and written to JSON).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Preprocessing {
-    /// The side of the central square's evaluation view.
+    /// The side of the square evaluation view.
     pub size: usize,
+    /// timm's resize and centre crop; None: the central square resized to `size`.
+    pub resize: Option<TimmResize>,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
     /// e.g. "the run's (RUN/augment.toml)", "ImageNet's", "the data's".
@@ -94,7 +97,14 @@ pub struct Preprocessing {
 impl std::fmt::Display for Preprocessing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let list = |v: &[f32]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
-        write!(f, "central square at {0}×{0} px, normalised with {1}: mean [{2}], std [{3}]", self.size, self.normalization, list(&self.mean), list(&self.std))
+        match self.resize {
+            None => write!(f, "central square at {0}×{0} px", self.size)?,
+            Some(r) => {
+                let (short, size, crop_pct, filter) = ((self.size as f64 / r.crop_pct).floor(), self.size, r.crop_pct, format!("{:?}", r.filter).to_lowercase());
+                write!(f, "shorter side resized to {short} px ({filter}, as Pillow), central {size}×{size} crop (crop_pct {crop_pct})")?
+            }
+        }
+        write!(f, ", normalised with {}: mean [{}], std [{}]", self.normalization, list(&self.mean), list(&self.std))
     }
 }
 
@@ -178,15 +188,24 @@ impl ModelArgs {
             let text = std::fs::read_to_string(run.join("augment.toml")).ok()?;
             Some(toml::from_str::<MultiCrop>(&text).ok()?.global.size)
         });
+        // Weights without statistics of their own for an architecture timm has weights for: fed as timm
+        // evaluated those (its resize, crop and normalisation).
+        let timm = match (&weights, self.trained_statistics()?, in_chans) {
+            (Some(_), None, 3) => arch.timm_preprocessing(),
+            _ => None,
+        };
         let default_size = trained_size
             .or(weights_img_size.map(|s| s as usize))
+            .or(timm.as_ref().map(|t| t.input_size))
             .unwrap_or(width.min(height).min(224));
         let mut crop = MultiCrop::lejepa(self.img_size.unwrap_or(default_size), multiple, 1, 0);
-        // Evaluation reads the central square at the view size: files need decoding no larger.
-        dataset.decode_at(crop.global.size);
-        let (mean, std, normalization) = self.normalization(dataset, in_chans)?;
+        crop.eval_resize = timm.as_ref().map(|t| t.resize);
+        // Evaluation reads the central square at the view size: files need decoding no larger. timm's
+        // resize starts from the whole image, as Pillow decoded it.
+        dataset.decode_at(if timm.is_some() { usize::MAX } else { crop.global.size });
+        let (mean, std, normalization) = self.normalization(dataset, in_chans, timm.as_ref())?;
         (crop.mean, crop.std) = (mean.clone(), std.clone());
-        let preprocessing = Preprocessing { size: crop.global.size, mean, std, normalization };
+        let preprocessing = Preprocessing { size: crop.global.size, resize: crop.eval_resize, mean, std, normalization };
         // Evaluation needs the backbone only; the projector (a token one here) is never used.
         // Built at the size its position embedding was trained for; other sizes are interpolated.
         let build_size = weights_img_size.unwrap_or(crop.global.size as i64);
@@ -238,7 +257,10 @@ impl ModelArgs {
     }
 
     /// Mean and std for a model of `in_chans` channels on `dataset`, and where they came from.
-    fn normalization(&self, dataset: &Dataset, in_chans: i64) -> Result<(Vec<f32>, Vec<f32>, String)> {
+    fn normalization(&self, dataset: &Dataset, in_chans: i64, timm: Option<&TimmPreprocessing>) -> Result<(Vec<f32>, Vec<f32>, String)> {
+        if let (None, Some(timm)) = (&self.normalize, timm) {
+            return Ok((timm.mean.clone(), timm.std.clone(), format!("timm's pretrained_cfg for {}", timm.name)));
+        }
         let chosen = match &self.normalize {
             Some(choice) => choice.clone(),
             None if self.trained_statistics()?.is_some() => Normalize::Run,

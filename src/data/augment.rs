@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::Image;
+use super::pil::{TimmResize, timm_eval_view};
 
 /// The recipe of one kind of view (global or local). Probabilities are per view.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,6 +76,10 @@ pub struct MultiCrop {
     /// Per-channel normalisation (the dataset's own statistics by default).
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// Evaluation of weights trained through timm's transforms: its resize and centre crop, exactly.
+    /// None (lejepa's own): the central square resized to the global view size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_resize: Option<TimmResize>,
 }
 
 /// The blur kernel for a view of `size` px: a tenth of the view, odd (DINO's 23 taps at 224 px), and at
@@ -106,6 +111,7 @@ impl MultiCrop {
             local: ViewRecipe::lejepa(local, [0.05, 0.3]),
             mean: vec![0.5],
             std: vec![0.5],
+            eval_resize: None,
         }
     }
 
@@ -121,7 +127,7 @@ impl MultiCrop {
             blur_kernel: 7,
             ..ViewRecipe::lejepa(size, [0.08, 1.0])
         };
-        MultiCrop { global_views: views, global: recipe.clone(), local_views: 0, local: recipe, mean: vec![0.5], std: vec![0.5] }
+        MultiCrop { global_views: views, global: recipe.clone(), local_views: 0, local: recipe, mean: vec![0.5], std: vec![0.5], eval_resize: None }
     }
 
     pub fn views(&self) -> usize {
@@ -195,8 +201,11 @@ impl MultiCrop {
         recipes.map(|recipe| self.normalize(augment(image, recipe, rng), image.channels)).collect()
     }
 
-    /// The evaluation view: the central square resized to the global size, normalised.
+    /// The evaluation view: the central square resized to the global size (or timm's resize and crop), normalised.
     pub fn eval_view(&self, image: &Image) -> Vec<f32> {
+        if let Some(resize) = self.eval_resize {
+            return self.normalize(timm_eval_view(image, self.global.size, resize), image.channels);
+        }
         let side = image.width.min(image.height);
         let (top, left) = ((image.height - side) / 2, (image.width - side) / 2);
         let view = resized_crop(image, top, left, side, side, self.global.size, false);

@@ -7,6 +7,7 @@
 
 pub mod augment;
 pub mod loader;
+pub mod pil;
 mod sources;
 pub mod store;
 

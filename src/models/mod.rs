@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
+use crate::data::pil::{Filter, TimmResize};
 use crate::distributed::{ProcessGroup, sync_batch_norm};
 
 use resnet::{ResNet, ResNetConfig};
@@ -144,6 +145,22 @@ impl Arch {
         }
     }
 
+    /// How timm's default pretrained weights for this architecture were evaluated (their `pretrained_cfg`),
+    /// for weights that carry no statistics of their own. None where timm has no such weights.
+    pub fn timm_preprocessing(&self) -> Option<TimmPreprocessing> {
+        const IMAGENET: ([f32; 3], [f32; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+        let bicubic = |crop_pct| TimmResize { crop_pct, filter: Filter::Bicubic };
+        let name = self.timm_name()?;
+        let (input_size, (mean, std), resize) = match *self {
+            // vit_*_patch16_224 (augreg): Inception's statistics, 90% centre crop.
+            Arch::Vit { patch: 16, layer_scale: false, .. } => (224, ([0.5; 3], [0.5; 3]), bicubic(0.9)),
+            Arch::Vit { patch: 14, layer_scale: true, .. } => (518, IMAGENET, bicubic(1.0)),
+            Arch::Resnet { small_stem: false, width: 64, .. } => (224, IMAGENET, bicubic(0.95)),
+            _ => return None,
+        };
+        Some(TimmPreprocessing { name, input_size, mean: mean.to_vec(), std: std.to_vec(), resize })
+    }
+
     /// The timm model name with the same configuration, where one exists.
     pub fn timm_name(&self) -> Option<String> {
         match *self {
@@ -155,6 +172,17 @@ impl Arch {
             _ => None,
         }
     }
+}
+
+/// timm's evaluation preprocessing for an architecture's default pretrained weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimmPreprocessing {
+    /// timm's model name, e.g. `vit_small_patch16_224`.
+    pub name: String,
+    pub input_size: usize,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub resize: TimmResize,
 }
 
 pub enum Backbone {
