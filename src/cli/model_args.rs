@@ -132,6 +132,11 @@ fn weights_input(path: &Path, tensors: &[(String, Tensor)], patch: Option<i64>) 
 }
 
 impl ModelArgs {
+    /// A run's trained backbone, evaluated as the run was trained.
+    pub fn of_run(run: &Path, device: &str) -> ModelArgs {
+        ModelArgs { run: Some(run.to_path_buf()), checkpoint: None, arch: None, img_size: None, device: device.to_string(), normalize: None }
+    }
+
     /// The run's config, when --run is given.
     pub fn run_config(&self) -> Result<Option<Config>> {
         let Some(run) = &self.run else { return Ok(None) };

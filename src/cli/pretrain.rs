@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::model_args::{Model, ModelArgs};
 use super::probe::probe_with_baselines;
 use crate::distributed::{Launch, ProcessGroup};
 use crate::cli::config_args::ConfigArgs;
@@ -142,20 +143,23 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let labeled = dataset.train.labels.is_some() && dataset.test.labels.is_some() && !dataset.test.is_empty();
-    let final_probe = match config.final_probe_images {
-        Some(images) if labeled && !summary.interrupted => {
+    // The trained encoder, loaded once for the probe and the health check.
+    let trained_args = ModelArgs::of_run(&summary.run_dir, &config.device.to_string());
+    let trained = if summary.interrupted { None } else { Some(trained_args.load(&dataset, false)?) };
+    let final_probe = match (config.final_probe_images, &trained) {
+        (Some(images), Some(trained)) if labeled => {
             let test_images = config.eval_images.unwrap_or(usize::MAX);
             eprintln!("final linear probe: this backbone, raw pixels and random init on {} training and {} test images",
                       images.min(dataset.train.len()), test_images.min(dataset.test.len()));
-            let baselines = probe_with_baselines(&summary.run_dir, &dataset, images, test_images, &config.device.to_string())?;
+            let baselines = probe_with_baselines(&trained_args, trained, &dataset, images, test_images)?;
             std::fs::write(summary.run_dir.join("final-probe.json"), serde_json::to_string_pretty(&baselines)?)?;
             Some(baselines)
         }
         _ => None,
     };
     // The label-free check, on every finished run: what a user without labels has to go by.
-    let health = match summary.interrupted {
-        false => match embedding_health(&summary.run_dir, &dataset, &config.device.to_string()) {
+    let health = match &trained {
+        Some(trained) => match embedding_health(&trained_args, trained, &summary.run_dir, &dataset) {
             Ok(health) => {
                 std::fs::write(summary.run_dir.join("health.json"), serde_json::to_string_pretty(&health)?)?;
                 Some(health)
@@ -165,7 +169,7 @@ pub fn run(args: Args) -> Result<()> {
                 None
             }
         },
-        true => None,
+        None => None,
     };
     if args.json {
         let mut value = serde_json::to_value(&summary)?;
@@ -209,6 +213,8 @@ pub fn run(args: Args) -> Result<()> {
         println!("  model.load_state_dict(safetensors.torch.load_file(\"{}\"))", backbone.display());
         println!("next: lejepa probe --run {} --baseline pixels,random   (all labels)", summary.run_dir.display());
         println!("      lejepa embed --run {} --out features.npy          (features for your own use)", summary.run_dir.display());
+        println!("      lejepa export --run {} --out my-encoder           (a model folder for timm and the Hugging Face hub)", summary.run_dir.display());
+        println!("      lejepa visualize --run {} --compare-random       (a picture of what it learned)", summary.run_dir.display());
         println!("checkpoint: {}", summary.checkpoint.display());
     }
     Ok(())
@@ -246,12 +252,10 @@ fn check_resumable(saved: &Config, resolved: &Config, dir: &std::path::Path) -> 
 
 /// The run's projector outputs on up to 2,000 training images, checked without labels: SIGReg against
 /// N(0, I), the effective rank, and whether the training SIGReg came down (`diagnostics::Health`).
-fn embedding_health(run_dir: &std::path::Path, dataset: &crate::data::Dataset, device: &str) -> Result<crate::diagnostics::Health> {
+fn embedding_health(args: &ModelArgs, model: &Model, run_dir: &std::path::Path, dataset: &crate::data::Dataset) -> Result<crate::diagnostics::Health> {
     use crate::eval::{FeatureKind, features};
-    let args = super::model_args::ModelArgs { run: Some(run_dir.to_path_buf()), checkpoint: None, arch: None, img_size: None, device: device.into(), normalize: None };
-    let model = args.load(dataset, false)?;
     let sample = crate::data::stratified_subset(&dataset.train, 2000);
-    let sample = super::model_args::fit_channels(&sample, &model);
+    let sample = super::model_args::fit_channels(&sample, model);
     let embeddings = features(&model.encoder.backbone, &sample, &model.crop, FeatureKind::Embedding, model.device)?;
     let projector = args.trained_projector(model.encoder.backbone.embed_dim(), model.device)?;
     let z = tch::no_grad(|| projector.forward(&embeddings.to_device(model.device), false)).to_device(tch::Device::Cpu).to_kind(tch::Kind::Double);

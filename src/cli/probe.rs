@@ -8,7 +8,7 @@ use serde_json::json;
 use tch::Tensor;
 
 use super::data_args::DataArgs;
-use super::model_args::{ModelArgs, fit_channels};
+use super::model_args::{Model, ModelArgs, fit_channels};
 use crate::eval::{FeatureKind, ProbeSettings, Scores, features, few_shot_indices, knn, linear_probe, mean_std, pixel_features, scores};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -217,7 +217,7 @@ pub struct Baselines {
     pub random_init: f64,
 }
 
-pub fn probe_with_baselines(run: &std::path::Path, dataset: &crate::data::Dataset, train_images: usize, test_images: usize, device: &str) -> Result<Baselines> {
+pub fn probe_with_baselines(args: &ModelArgs, trained: &Model, dataset: &crate::data::Dataset, train_images: usize, test_images: usize) -> Result<Baselines> {
     use crate::data::stratified_subset;
     let (train, test) = (stratified_subset(&dataset.train, train_images), stratified_subset(&dataset.test, test_images));
     let (Some(train_labels), Some(test_labels)) = (&train.labels, &test.labels) else {
@@ -229,23 +229,21 @@ pub fn probe_with_baselines(run: &std::path::Path, dataset: &crate::data::Datase
         let predicted = linear_probe(train_features, train_labels, test_features, classes, ProbeSettings::default())?;
         Ok(scores(&predicted, test_labels, classes).accuracy)
     };
-    let args = ModelArgs { run: Some(run.to_path_buf()), checkpoint: None, arch: None, img_size: None, device: device.to_string(), normalize: None };
-    let mut result = Baselines { train_images: train.len(), test_images: test.len(), backbone: 0.0, raw_pixels: 0.0, random_init: 0.0 };
-    for random in [false, true] {
-        let model = args.load(dataset, random)?;
-        let (train, test) = (fit_channels(&train, &model), fit_channels(&test, &model));
+    let probe = |model: &Model| -> Result<f64> {
+        let (train, test) = (fit_channels(&train, model), fit_channels(&test, model));
         let backbone = &model.encoder.backbone;
-        let score = accuracy(
+        accuracy(
             &features(backbone, &train, &model.crop, FeatureKind::Probe, model.device)?,
             &features(backbone, &test, &model.crop, FeatureKind::Probe, model.device)?,
-        )?;
-        if random {
-            result.random_init = score;
-        } else {
-            result.backbone = score;
-            // Raw pixels: exactly the views the backbone was given.
-            result.raw_pixels = accuracy(&pixel_features(&train, &model.crop)?, &pixel_features(&test, &model.crop)?)?;
-        }
-    }
-    Ok(result)
+        )
+    };
+    let (train_views, test_views) = (fit_channels(&train, trained), fit_channels(&test, trained));
+    Ok(Baselines {
+        train_images: train.len(),
+        test_images: test.len(),
+        backbone: probe(trained)?,
+        // Raw pixels: exactly the views the backbone was given.
+        raw_pixels: accuracy(&pixel_features(&train_views, &trained.crop)?, &pixel_features(&test_views, &trained.crop)?)?,
+        random_init: probe(&args.load(dataset, true)?)?,
+    })
 }
