@@ -244,6 +244,26 @@ impl ProcessGroup {
         Ok(take_string(out))
     }
 
+    /// Every rank publishes `value` under `key`; every rank returns all of them, in rank order.
+    pub fn gather_strings(&self, key: &str, value: &str) -> Result<Vec<String>> {
+        let mut error = std::ptr::null_mut();
+        let mine = CString::new(format!("{key}/{}", self.rank))?;
+        let value = CString::new(value)?;
+        // SAFETY: valid C strings for the call.
+        let status = unsafe { lejepa_dist_store_set(self.raw, mine.as_ptr(), value.as_ptr(), &mut error) };
+        self.check(status, error, "store set")?;
+        (0..self.world)
+            .map(|rank| {
+                let key = CString::new(format!("{key}/{rank}"))?;
+                let mut out = std::ptr::null_mut();
+                // SAFETY: as above; `out` receives a malloc'd string on success.
+                let status = unsafe { lejepa_dist_store_get(self.raw, key.as_ptr(), &mut out, &mut error) };
+                self.check(status, error, "store get")?;
+                Ok(take_string(out))
+            })
+            .collect()
+    }
+
     /// Gradients ← their mean over all processes, in one flat buffer per call (a parameter without
     /// a gradient counts as zero, so every rank reduces the same layout).
     pub fn average_gradients(&self, params: &[Tensor]) -> Result<()> {

@@ -230,3 +230,21 @@ fn launch_settings_come_from_flags_or_torchrun_variables() {
     let err = Launch::resolve(Some(2), Some(2), None, None, false, timeout).unwrap_err().to_string();
     assert!(err.contains("--rank 2"), "{err}");
 }
+
+/// A rank started with other flags than the rest would silently take another step: every rank stops
+/// before the first step, naming the keys that differ, and no run directory is made.
+#[test]
+fn ranks_started_with_different_configurations_refuse_to_train() {
+    let out = scratch("mismatch");
+    let port = free_port();
+    let started = Instant::now();
+    let output = launch(2, port, |rank| {
+        let lr = if rank == 0 { "0.002" } else { "0.004" };
+        pretrain("vit-tiny-patch4-depth2", 32, &["--max-steps", "5", "--lr", lr, "--dist-timeout", "60", "--out", out.to_str().unwrap()])
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "rank 0 trained with a rank of another configuration");
+    assert!(stderr.contains("rank 0: the configuration differs from rank 1's: lr (0.004 → 0.002)"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "the ranks must not wait for a timeout");
+    assert!(std::fs::read_dir(&*out).map_or(true, |mut d| d.next().is_none()), "a run directory was made");
+}

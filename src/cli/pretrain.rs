@@ -94,6 +94,9 @@ pub fn run(args: Args) -> Result<()> {
         print!("{}", toml::to_string(&config)?);
         return Ok(());
     }
+    if let Some(group) = &group {
+        agree_on_config(group, &config)?;
+    }
     if leader {
         eprintln!(
             "pretraining {} on {} ({} training images, {} classes), λ {}, batch {} × {} views{}",
@@ -225,9 +228,9 @@ pub fn run(args: Args) -> Result<()> {
 const RESUMABLE_CHANGES: &[&str] =
     &["epochs", "max_steps", "steps", "checkpoint_every", "keep_backbones", "out", "threads", "workers", "eval_images", "final_probe_images"];
 
-/// Refuses a resume whose flags change the run itself (the learning rate, the views, …), naming each key.
-fn check_resumable(saved: &Config, resolved: &Config, dir: &std::path::Path) -> Result<()> {
-    let (before, after) = (toml::Table::try_from(saved)?, toml::Table::try_from(resolved)?);
+/// The configuration keys whose values differ, each as "key (before → after)"; `allowed` keys are listed apart.
+fn config_changes(before: &Config, after: &Config, allowed: &[&str]) -> Result<(Vec<String>, Vec<String>)> {
+    let (before, after) = (toml::Table::try_from(before)?, toml::Table::try_from(after)?);
     let mut keys: Vec<&String> = before.keys().chain(after.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -236,8 +239,30 @@ fn check_resumable(saved: &Config, resolved: &Config, dir: &std::path::Path) -> 
         keys.into_iter().map(|key| format!("{key} ({} → {})", show(before.get(key)), show(after.get(key)))).collect()
     };
     let (allowed, refused): (Vec<&String>, Vec<&String>) =
-        keys.into_iter().filter(|key| before.get(*key) != after.get(*key)).partition(|key| RESUMABLE_CHANGES.contains(&key.as_str()));
-    let (allowed, refused) = (describe(allowed), describe(refused));
+        keys.into_iter().filter(|key| before.get(*key) != after.get(*key)).partition(|key| allowed.contains(&key.as_str()));
+    Ok((describe(allowed), describe(refused)))
+}
+
+/// Every rank of a group must train the same run: a rank started with other flags would silently take
+/// another step. Each rank publishes its configuration; any difference stops every rank, naming the keys.
+fn agree_on_config(group: &crate::distributed::ProcessGroup, config: &Config) -> Result<()> {
+    let all = group.gather_strings("config", &toml::to_string(config)?)?;
+    for (rank, theirs) in all.iter().enumerate() {
+        let theirs: Config = toml::from_str(theirs).with_context(|| format!("rank {rank} published an unreadable configuration"))?;
+        let (_, differ) = config_changes(&theirs, config, &["out", "threads", "workers"])?;
+        anyhow::ensure!(
+            differ.is_empty(),
+            "rank {}: the configuration differs from rank {rank}'s: {} (rank {rank}'s → this rank's). Start every rank with the same flags",
+            group.rank,
+            differ.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a resume whose flags change the run itself (the learning rate, the views, …), naming each key.
+fn check_resumable(saved: &Config, resolved: &Config, dir: &std::path::Path) -> Result<()> {
+    let (allowed, refused) = config_changes(saved, resolved, RESUMABLE_CHANGES)?;
     anyhow::ensure!(
         refused.is_empty(),
         "--resume {}: these settings differ from the run's config.toml: {}. A resumed run continues the same run; \
