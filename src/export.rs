@@ -1,6 +1,6 @@
 //! A backbone as a model folder in the layout timm and the Hugging Face hub read: `model.safetensors`
-//! (timm's parameter names), `config.json` (architecture, constructor arguments, preprocessing) and a
-//! `README.md` model card. `timm.create_model("local-dir:DIR", pretrained=True)` loads it; uploaded to
+//! (timm's parameter names), `config.json` (architecture, constructor arguments, preprocessing), a
+//! `README.md` model card, and `lejepa.json` (architecture and preprocessing, for lejepa to read back). `timm.create_model("local-dir:DIR", pretrained=True)` loads it; uploaded to
 //! a hub repository, `hf-hub:USER/REPO` does.
 
 use std::path::Path;
@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use tch::{Device, Tensor};
 
+use crate::data::pil::TimmResize;
 use crate::models::Arch;
 
 /// What the folder says about the network and its input.
@@ -22,6 +23,9 @@ pub struct ModelFolder {
     /// Per-channel normalisation of images in [0, 1] (one value per input channel).
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// How an image becomes the square input: None for lejepa's (the central square, resized with an
+    /// antialiased bilinear filter), else timm's resize of the shorter side and centre crop.
+    pub resize: Option<TimmResize>,
     /// `[B, D]` embedding width (timm's `num_features`).
     pub num_features: i64,
     /// Markdown lines about where the weights come from (data, recipe, results), for the model card.
@@ -49,8 +53,6 @@ pub fn timm_architecture(arch: &Arch, in_chans: i64, img_size: i64) -> Option<(S
 
 impl ModelFolder {
     /// timm's `config.json`, or None where timm cannot build the architecture from a config.
-    /// The preprocessing is lejepa's evaluation view: the central square resized to `img_size`
-    /// (crop_pct 1) with an antialiased bilinear filter, then normalised with `mean`/`std`.
     pub fn timm_config(&self) -> Option<Value> {
         let (architecture, model_args) = timm_architecture(&self.arch, self.in_chans, self.img_size)?;
         let (first_conv, classifier) = match self.arch {
@@ -65,8 +67,8 @@ impl ModelFolder {
             "pretrained_cfg": {
                 "tag": "lejepa",
                 "input_size": [self.in_chans, self.img_size, self.img_size],
-                "interpolation": "bilinear",
-                "crop_pct": 1.0,
+                "interpolation": self.resize.map_or("bilinear".to_string(), |r| format!("{:?}", r.filter).to_lowercase()),
+                "crop_pct": self.resize.map_or(1.0, |r| r.crop_pct),
                 "crop_mode": "center",
                 "mean": self.mean,
                 "std": self.std,
@@ -115,24 +117,30 @@ impl ModelFolder {
             String::new(),
             "## Preprocessing".to_string(),
             String::new(),
-            format!(
-                "The central square of the image, resized to {0}×{0} (antialiased bilinear), scaled to [0, 1], then per channel \
-                 (x − mean) / std with mean = {1:?}, std = {2:?}.{3}",
-                self.img_size,
-                self.mean,
-                self.std,
-                if self.in_chans == 3 && self.mean.windows(2).all(|w| w[0] == w[1]) {
-                    " Gray images are fed with the channel replicated three times."
-                } else {
-                    ""
+            match self.resize {
+                None => format!(
+                    "The central square of the image, resized to {0}×{0} (antialiased bilinear), scaled to [0, 1], then per \
+                     channel (x − mean) / std with mean = {1:?}, std = {2:?}.",
+                    self.img_size, self.mean, self.std
+                ),
+                Some(r) => {
+                    let (short, size, filter, mean, std) = ((self.img_size as f64 / r.crop_pct).floor(), self.img_size, r.filter, &self.mean, &self.std);
+                    format!(
+                        "timm's evaluation transform: the shorter side resized to {short} ({filter:?}), the central {size}×{size} crop, \
+                         scaled to [0, 1], then per channel (x − mean) / std with mean = {mean:?}, std = {std:?}."
+                    )
                 }
-            ),
+            },
             String::new(),
             "## Use".to_string(),
             String::new(),
             "```python".to_string(),
             self.python_loader(dir_name),
-            "features = model(images)  # [B, C, H, W] preprocessed as above -> [B, num_features]".to_string(),
+            {
+                let (c, size, d) = (self.in_chans, self.img_size, self.num_features);
+                let hint = if c == 1 { " (one channel: open images with PIL's .convert(\"L\"))" } else { "" };
+                format!("features = model(images)  # [B, {c}, {size}, {size}] preprocessed as above -> [B, {d}]{hint}")
+            },
             "```".to_string(),
             String::new(),
         ]);
@@ -169,6 +177,10 @@ impl ModelFolder {
             None if config.exists() => std::fs::remove_file(&config).with_context(|| format!("removing {}", config.display()))?,
             None => {}
         }
+        // What lejepa reads back (`--weights DIR`) for every architecture, timm-configurable or not.
+        let own = json!({"arch": self.arch_name, "in_chans": self.in_chans, "input_size": [self.in_chans, self.img_size, self.img_size],
+                         "mean": self.mean, "std": self.std, "resize": self.resize});
+        write_atomically(&dir.join("lejepa.json"), &serde_json::to_string_pretty(&own)?)?;
         let dir_name = dir.file_name().map_or("DIR".to_string(), |n| n.to_string_lossy().to_string());
         write_atomically(&dir.join("README.md"), &self.card(&dir_name))
     }
@@ -192,6 +204,7 @@ mod tests {
             img_size: 28,
             mean: vec![0.3],
             std: vec![0.4],
+            resize: None,
             num_features: 192,
             provenance: vec!["data: digits".into()],
         }

@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 /// the first `k` components (`[M, k]`, by decreasing variance), and the components (`[k, D]`).
 pub fn pca(x: &Tensor, k: i64) -> Result<(Tensor, Tensor)> {
     let (m, d) = x.size2()?;
-    ensure!(m >= 2 && d >= k, "PCA of {m} rows of dimension {d} cannot give {k} components");
+    ensure!(m.min(d) >= k, "a PCA of {m} feature vectors of dimension {d} cannot give {k} components (draw more images, or give a larger --img-size)");
     let x = x.to_kind(Kind::Double);
     let centred = &x - x.mean_dim(0, true, Kind::Double);
     let (_, _, v) = centred.svd(true, true); // centred = U·diag(S)·Vᵀ, S decreasing

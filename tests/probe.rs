@@ -65,6 +65,12 @@ fn probe_a_run_with_few_shots_and_baselines_then_embed_and_diagnose() {
     let rows = report["rows"].as_object().unwrap();
     assert!(rows.contains_key("random init") && rows.contains_key("raw pixels") && rows.len() == 3);
     assert!(Path::new(run).join("probe-digits-linear.json").exists());
+    // A run's backbone is fed the run's own normalisation, as recorded in its augment.toml.
+    let recipe: toml::Table = toml::from_str(&std::fs::read_to_string(Path::new(run).join("augment.toml")).unwrap()).unwrap();
+    let preprocessing = &report["preprocessing"];
+    assert!(preprocessing["normalization"].as_str().unwrap().starts_with("the run's"), "{preprocessing}");
+    let recorded = recipe["mean"].as_array().unwrap()[0].as_float().unwrap();
+    assert!((preprocessing["mean"][0].as_f64().unwrap() - recorded).abs() < 1e-6, "{preprocessing} vs the run's mean {recorded}");
     // The random-init baseline is the same network whatever was probed before it in the process.
     let alone = lejepa_json(&["probe", "--run", run, "--shots", "all", "--seeds", "1", "--baseline", "random", "--epochs", "20", "--json"]);
     assert_eq!(alone["rows"]["random init"]["all"], report["rows"]["random init"]["all"], "random init drawn differently");

@@ -222,14 +222,36 @@ fn exported_folders_load_in_timm_with_their_preprocessing() {
 
         // lejepa reads the folder's preprocessing back when embedding with its weights.
         let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
-            .args(["embed", "--weights", model_dir.to_str().unwrap(), "--arch", arch, "--data", "digits", "--img-size", &size])
+            .args(["embed", "--weights", model_dir.to_str().unwrap(), "--arch", arch, "--data", "digits"])
             .args(["--out", dir.join("e.npy").to_str().unwrap()])
             .output_within(CHILD_DEADLINE);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{arch}: embed failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-        let expected = format!("normalised with the weights' ({}): mean [{}]", model_dir.join("config.json").display(), mean.iter().map(|m| format!("{m:.4}")).collect::<Vec<_>>().join(", "));
+        let mean = mean.iter().map(|m| format!("{m:.4}")).collect::<Vec<_>>().join(", ");
+        let expected = format!("at {size}×{size} px, normalised with the weights' ({}): mean [{mean}]", model_dir.join("lejepa.json").display());
         assert!(stdout.contains(&expected), "{arch}: expected '{expected}' in: {stdout}");
     }
+
+    // A network timm cannot build from a config (the default job's): no config.json, but the weights,
+    // the card and lejepa.json, which lejepa reads back.
+    let dir = common::scratch("export-small-stem");
+    let enc = encoder("resnet18-small-w32", 1, 28);
+    let weights = dir.join("weights.safetensors");
+    enc.save_backbone(&weights).unwrap();
+    let model_dir = dir.join("model");
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+        .args(["export", "--weights", weights.to_str().unwrap(), "--arch", "resnet18-small-w32", "--data", "digits", "--img-size", "28"])
+        .args(["--normalize", "0.3,0.35", "--out", model_dir.to_str().unwrap()])
+        .output_within(CHILD_DEADLINE);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!model_dir.join("config.json").exists() && model_dir.join("model.safetensors").exists());
+    assert!(std::fs::read_to_string(model_dir.join("README.md")).unwrap().contains("channels=(32, 64, 128, 256)"));
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+        .args(["embed", "--weights", model_dir.to_str().unwrap(), "--arch", "resnet18-small-w32", "--data", "digits"])
+        .args(["--out", dir.join("e.npy").to_str().unwrap()])
+        .output_within(CHILD_DEADLINE);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("central square at 28×28 px, normalised with the weights'") && stdout.contains("mean [0.3000], std [0.3500]"), "{stdout}");
 }
 
 /// Weights without statistics of their own (a timm model's file) are fed what timm's evaluation feeds

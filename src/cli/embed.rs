@@ -25,9 +25,9 @@ pub struct Args {
     model: ModelArgs,
     #[command(flatten)]
     data: DataArgs,
-    /// Which split to embed.
-    #[arg(long, value_enum, default_value = "test")]
-    split: SplitName,
+    /// Which split to embed [default: test, or train where the data has no test split (unlabeled folders)].
+    #[arg(long, value_enum)]
+    split: Option<SplitName>,
     /// Output .npy (N × D float32). Beside it, <stem>.csv says which image each row is (its path
     /// relative to the data folder, or its row in the source; split; label and class); labels, when
     /// present, also go to <stem>_labels.npy.
@@ -44,16 +44,20 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let default_data = args.model.run_config()?.map_or("fashion-mnist".to_string(), |c| c.data);
+    anyhow::ensure!(args.model.has_model(), "give --run RUN, or --weights W with --arch A");
+    anyhow::ensure!(!args.projector || (args.model.run.is_some() && args.model.checkpoint.is_none()),
+        "--projector: the projector is saved in a run's checkpoint.safetensors: give --run RUN (and no --weights)");
     let dataset = args.data.open(&default_data)?;
     let model = args.model.load(&dataset, false)?;
     println!("preprocessing: {}", model.preprocessing);
-    let splits: Vec<(&str, &Split)> = match args.split {
+    let split = args.split.unwrap_or(if dataset.test.is_empty() { SplitName::Train } else { SplitName::Test });
+    let splits: Vec<(&str, &Split)> = match split {
         SplitName::Train => vec![("train", &*dataset.train)],
         SplitName::Test => vec![("test", &dataset.test)],
         SplitName::All => vec![("train", &*dataset.train), ("val", &dataset.val), ("test", &dataset.test)],
     };
     let splits: Vec<(&str, &Split)> = splits.into_iter().filter(|(_, split)| !split.is_empty()).collect();
-    anyhow::ensure!(!splits.is_empty(), "{}: the {:?} split is empty", dataset.spec, args.split);
+    anyhow::ensure!(!splits.is_empty(), "{}: the {} split is empty", dataset.spec, format!("{split:?}").to_lowercase());
     let kind = if args.probe_features { FeatureKind::Probe } else { FeatureKind::Embedding };
     let chunks = splits
         .iter()

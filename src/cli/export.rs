@@ -22,6 +22,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    anyhow::ensure!(args.model.has_model(), "give --run RUN, or --weights W with --arch A: there is nothing to export");
     let config = args.model.run_config()?;
     let default_data = config.as_ref().map_or("fashion-mnist".to_string(), |c| c.data.clone());
     let dataset = args.data.open(&default_data)?;
@@ -37,9 +38,9 @@ pub fn run(args: Args) -> Result<()> {
         (Some(run), Some(c)) => {
             provenance.push(format!("data: `{}`; architecture `{}`, {} channel(s), {} px views", c.data, c.arch, in_chans, img_size));
             provenance.push(format!(
-                "recipe: {} steps of {} images × {} views ({} global, {} local), lr {}, weight decay {}, λ {}, projector {:?}",
-                c.steps.map_or("epochs".to_string(), |s| s.to_string()),
-                c.batch_size,
+                "recipe: a schedule of {}, batches of {} images × {} views ({} global, {} local), lr {}, weight decay {}, λ {}, projector {:?}",
+                c.steps.map_or(format!("{} epochs", c.epochs), |s| format!("{s} steps")),
+                c.batch_size * c.grad_accum,
                 c.global_views + c.local_views,
                 c.global_views,
                 c.local_views,
@@ -71,11 +72,12 @@ pub fn run(args: Args) -> Result<()> {
         img_size,
         mean: model.preprocessing.mean.clone(),
         std: model.preprocessing.std.clone(),
+        resize: model.preprocessing.resize,
         num_features: backbone.embed_dim(),
         provenance,
     };
     folder.write(&args.out, &model.encoder.backbone_state())?;
-    println!("{}: model.safetensors, README.md{}", args.out.display(), if folder.timm_config().is_some() { ", config.json" } else { "" });
+    println!("{}: model.safetensors, README.md, lejepa.json{}", args.out.display(), if folder.timm_config().is_some() { ", config.json" } else { "" });
     match timm_architecture(&arch, in_chans, img_size) {
         Some((name, _)) => println!(
             "load it with timm.create_model(\"local-dir:{}\", pretrained=True, num_classes=0) (a {name}); upload the folder to a Hugging Face hub repository for hf-hub:",

@@ -21,22 +21,25 @@ pub struct ModelArgs {
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// Backbone weights with timm's parameter names: a run's backbone.safetensors (or its
-    /// checkpoint.safetensors, whose backbone part is read) or a timm model's. Alias: --checkpoint.
+    /// checkpoint.safetensors, whose backbone part is read), a folder written by `lejepa export` or a run
+    /// directory, or a timm model's file. Needs --arch (lejepa's name). Alias: --checkpoint.
     #[arg(long = "weights", visible_alias = "checkpoint", value_name = "FILE", requires = "arch")]
     pub checkpoint: Option<PathBuf>,
     /// Architecture of --weights, e.g. vit-small-patch16 or resnet50 (timm's configurations).
     #[arg(long)]
     pub arch: Option<String>,
-    /// Evaluation image size (default: the run's global view size, else the data's image size).
+    /// Evaluation image size, rounded to the patch size (default: the size the weights were trained at
+    /// where known, else timm's for its architectures, else the data's shorter side up to 224).
     #[arg(long)]
     pub img_size: Option<usize>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Image normalisation: run (the statistics the weights were trained with: a run's, or an exported
-    /// folder's config.json), imagenet, data (this data's own), or MEAN,STD values (one pair, or one
-    /// mean per channel then one std per channel). Default: the weights' own where known, else ImageNet's
-    /// for 3-channel weights (timm's and DINOv2's) and the data's for others.
+    /// folder's), imagenet, data (this data's own), or MEAN,STD values (one pair, or one mean per channel
+    /// then one std per channel). Default: the weights' own where known; for weights of timm's
+    /// architectures, timm's pretrained_cfg with its resize and crop (0.5/0.5 for vit-*-patch16, ImageNet's
+    /// for DINOv2 and the ResNets); else ImageNet's for 3 channels and the data's for 1.
     #[arg(long, value_name = "run|imagenet|data|MEAN,STD")]
     pub normalize: Option<Normalize>,
 }
@@ -106,6 +109,16 @@ impl std::fmt::Display for Preprocessing {
         }
         write!(f, ", normalised with {}: mean [{}], std [{}]", self.normalization, list(&self.mean), list(&self.std))
     }
+}
+
+/// The preprocessing weights were trained with, as recorded beside them.
+pub struct Trained {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// The side of the square training views, where recorded.
+    pub size: Option<usize>,
+    /// e.g. "the run's (RUN/augment.toml)".
+    pub source: String,
 }
 
 /// A frozen backbone ready for a dataset, and the evaluation views that fit it.
@@ -187,15 +200,12 @@ impl ModelArgs {
         );
         let multiple = patch.unwrap_or(1) as usize;
         let (width, height) = dataset.train.dimensions(0);
-        // The size the run was trained at (its global views), whatever data is probed now;
-        // else the data's own size.
-        let trained_size = self.run.as_ref().and_then(|run| {
-            let text = std::fs::read_to_string(run.join("augment.toml")).ok()?;
-            Some(toml::from_str::<MultiCrop>(&text).ok()?.global.size)
-        });
+        // The size the weights were trained at, whatever data is probed now; else the data's own size.
+        let trained = self.trained_preprocessing()?;
+        let trained_size = trained.as_ref().and_then(|t| t.size);
         // Weights without statistics of their own for an architecture timm has weights for: fed as timm
         // evaluated those (its resize, crop and normalisation).
-        let timm = match (&weights, self.trained_statistics()?, in_chans) {
+        let timm = match (&weights, &trained, in_chans) {
             (Some(_), None, 3) => arch.timm_preprocessing(),
             _ => None,
         };
@@ -204,6 +214,8 @@ impl ModelArgs {
             .or(timm.as_ref().map(|t| t.input_size))
             .unwrap_or(width.min(height).min(224));
         let mut crop = MultiCrop::lejepa(self.img_size.unwrap_or(default_size), multiple, 1, 0);
+        // Evaluation is not capped at training's 224 px (timm's DINOv2 weights are evaluated at 518).
+        crop.global.size = ((self.img_size.unwrap_or(default_size) as f64 / multiple as f64).round() as usize).max(1) * multiple;
         crop.eval_resize = timm.as_ref().map(|t| t.resize);
         // Evaluation reads the central square at the view size: files need decoding no larger. timm's
         // resize starts from the whole image, as Pillow decoded it.
@@ -238,24 +250,29 @@ impl ModelArgs {
         }
     }
 
-    /// The statistics the weights were trained with, where known: the run's augment.toml (--run, or
-    /// --weights inside a run directory) or an exported folder's config.json beside the weights.
-    pub fn trained_statistics(&self) -> Result<Option<(Vec<f32>, Vec<f32>, String)>> {
+    /// What the weights were trained with, where known: the run's augment.toml (--run, or --weights in a run
+    /// directory), or a folder written by `lejepa export` (its lejepa.json, else timm's config.json).
+    pub fn trained_preprocessing(&self) -> Result<Option<Trained>> {
         let Some(file) = self.weights_file() else { return Ok(None) };
         let folder = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let read = |path: &Path| std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()));
         let augment = folder.join("augment.toml");
         if augment.exists() {
-            let text = std::fs::read_to_string(&augment).with_context(|| format!("{}: cannot read", augment.display()))?;
-            let crop: MultiCrop = toml::from_str(&text).with_context(|| format!("{}: not a view recipe", augment.display()))?;
-            return Ok(Some((crop.mean, crop.std, format!("the run's ({})", augment.display()))));
+            let crop: MultiCrop = toml::from_str(&read(&augment)?).with_context(|| format!("{}: not a view recipe", augment.display()))?;
+            let source = format!("the run's ({})", augment.display());
+            return Ok(Some(Trained { mean: crop.mean, std: crop.std, size: Some(crop.global.size), source }));
         }
-        let config = folder.join("config.json");
-        if config.exists() {
-            let text = std::fs::read_to_string(&config).with_context(|| format!("{}: cannot read", config.display()))?;
-            let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config.display()))?;
-            let list = |key: &str| -> Option<Vec<f32>> { value["pretrained_cfg"][key].as_array()?.iter().map(|v| v.as_f64().map(|x| x as f32)).collect() };
+        for (name, cfg) in [("lejepa.json", "/"), ("config.json", "/pretrained_cfg")] {
+            let path = folder.join(name);
+            if !path.exists() {
+                continue;
+            }
+            let value: serde_json::Value = serde_json::from_str(&read(&path)?).with_context(|| format!("{}: not JSON", path.display()))?;
+            let cfg = if cfg == "/" { &value } else { value.pointer(cfg).unwrap_or(&serde_json::Value::Null) };
+            let list = |key: &str| -> Option<Vec<f32>> { cfg[key].as_array()?.iter().map(|v| v.as_f64().map(|x| x as f32)).collect() };
+            let size = cfg["input_size"].as_array().and_then(|s| s.last()?.as_u64()).map(|s| s as usize);
             if let (Some(mean), Some(std)) = (list("mean"), list("std")) {
-                return Ok(Some((mean, std, format!("the weights' ({})", config.display()))));
+                return Ok(Some(Trained { mean, std, size, source: format!("the weights' ({})", path.display()) }));
             }
         }
         Ok(None)
@@ -268,14 +285,17 @@ impl ModelArgs {
         }
         let chosen = match &self.normalize {
             Some(choice) => choice.clone(),
-            None if self.trained_statistics()?.is_some() => Normalize::Run,
+            None if self.trained_preprocessing()?.is_some() => Normalize::Run,
             None if self.has_model() && in_chans == 3 => Normalize::Imagenet,
             None => Normalize::Data,
         };
         let (mean, std, source) = match chosen {
-            Normalize::Run => self.trained_statistics()?.context(
-                "--normalize run: no statistics found (neither a run's augment.toml nor an exported config.json beside the weights)",
-            )?,
+            Normalize::Run => {
+                let trained = self.trained_preprocessing()?.context(
+                    "--normalize run: no statistics found (neither a run's augment.toml nor an exported folder's lejepa.json beside the weights)",
+                )?;
+                (trained.mean, trained.std, trained.source)
+            }
             Normalize::Imagenet => (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec(), "ImageNet's".to_string()),
             Normalize::Data => {
                 let (mean, std) = channel_stats(&dataset.train, dataset.channels)?;

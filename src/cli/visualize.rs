@@ -29,20 +29,21 @@ pub struct Args {
     /// (the class token's attention per head over itself then the patches, N × heads × (1 + h·w)).
     #[arg(long, default_value = "features.png")]
     out: PathBuf,
-    /// Number of images (rows), drawn from the split with --seed.
-    #[arg(long, default_value_t = 8)]
-    images: usize,
+    /// Number of images (rows), drawn with --seed from the test split (the training split where there is none).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    images: u16,
     /// Seed of the choice of images.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Add the same network at random init's columns, for comparison.
+    /// Also draw the columns of the same network at random init, for comparison.
     #[arg(long)]
     compare_random: bool,
-    /// Show each image's nearest neighbours in the split (cosine similarity of embeddings; 0: none).
+    /// Show each image's nearest neighbours in the same split (cosine similarity of embeddings; 0: none).
+    /// The whole split is embedded for this: minutes for tens of thousands of images on a CPU.
     #[arg(long, default_value_t = 0)]
     neighbours: usize,
     /// Side of each tile in the picture, in pixels.
-    #[arg(long, default_value_t = 96)]
+    #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(u32).range(8..=1024))]
     tile: u32,
 }
 
@@ -87,11 +88,11 @@ fn image_tile(split: &Split, i: usize, side: u32) -> Result<image::RgbImage> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    ensure!(args.model.has_model() || args.compare_random, "give --run RUN or --weights W with --arch A");
+    ensure!(args.model.has_model(), "give --run RUN, or --weights W with --arch A");
     let default_data = args.model.run_config()?.map_or("fashion-mnist".to_string(), |c| c.data);
     let dataset = args.data.open(&default_data)?;
     let split = if dataset.test.is_empty() { &*dataset.train } else { &dataset.test };
-    let count = args.images.min(split.len());
+    let count = (args.images as usize).min(split.len());
     ensure!(count >= 1, "{}: no images to draw", dataset.spec);
     let mut rows: Vec<usize> = sample(&mut rand_chacha::ChaCha8Rng::seed_from_u64(args.seed), split.len(), count).into_vec();
     rows.sort_unstable();
