@@ -17,6 +17,9 @@ pub struct RunResult {
     /// Probe accuracy if any was measured: the offline linear probe (probe-*-linear.json) if present,
     /// else the online probe of the run.
     pub probe_accuracy: Option<f64>,
+    /// What the loss values depend on besides how well the run trained: the global batch (SIGReg's
+    /// statistic scales with N) and the views. Runs whose settings differ are not comparable by loss.
+    pub loss_scale: String,
 }
 
 impl RunResult {
@@ -56,7 +59,18 @@ pub fn read_run(run_dir: &Path) -> Result<RunResult> {
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("probe-") && n.ends_with("-linear.json")))
         .find_map(|p| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(p).ok()?).ok()?["accuracy"].as_f64());
     let online = summary["probe_accuracy"].as_f64();
-    Ok(RunResult { run_dir: run_dir.to_path_buf(), lambda: config.lambda, final_loss, probe_accuracy: offline.or(online) })
+    let loss_scale = format!(
+        "batch {} × {} views ({} global at {:?} px, scales {:?}; {} local at {:?} px, scales {:?})",
+        config.batch_size * config.grad_accum,
+        config.global_views + config.local_views,
+        config.global_views,
+        config.global_size,
+        config.global_scale,
+        config.local_views,
+        config.local_size,
+        config.local_scale
+    );
+    Ok(RunResult { run_dir: run_dir.to_path_buf(), lambda: config.lambda, final_loss, probe_accuracy: offline.or(online), loss_scale })
 }
 
 /// Ranks 1..n with ties given their average rank.
@@ -90,6 +104,24 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
     cov / (vx * vy).sqrt()
 }
 
+/// Spearman's ρ with a 95% bootstrap interval: the 2.5th and 97.5th percentiles of ρ over `resamples`
+/// resamplings of the pairs with replacement (fixed seed; resamples whose ranks are all tied are left out).
+pub fn spearman_interval(x: &[f64], y: &[f64], resamples: usize) -> (f64, f64, f64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let n = x.len();
+    let mut values: Vec<f64> = (0..resamples)
+        .filter_map(|_| {
+            let picks: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+            let (xs, ys): (Vec<f64>, Vec<f64>) = picks.iter().map(|&i| (x[i], y[i])).unzip();
+            Some(spearman(&xs, &ys)).filter(|r| r.is_finite())
+        })
+        .collect();
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values.get(((values.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+    (spearman(x, y), at(0.025), at(0.975))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +138,24 @@ mod tests {
             assert!((spearman(x, y) - expected).abs() < 1e-12, "{x:?} {y:?}: {} vs {expected}", spearman(x, y));
         }
         assert_eq!(average_ranks(&[10.0, 20.0, 10.0, 30.0]), vec![1.5, 3.0, 1.5, 4.0]);
+    }
+
+    #[test]
+    fn bootstrap_intervals_hold_the_estimate_and_shrink_with_more_runs() {
+        // A perfect order: every resample is perfectly ordered too (or all tied, left out).
+        let x: Vec<f64> = (0..10).map(f64::from).collect();
+        assert_eq!(spearman_interval(&x, &x, 500), (1.0, 1.0, 1.0));
+        // A noisy relation: the interval holds ρ, and is narrower with 4 times the runs.
+        let noisy = |n: usize| -> (Vec<f64>, Vec<f64>) {
+            let x: Vec<f64> = (0..n).map(|i| i as f64).collect();
+            let y = x.iter().map(|&v| v + 3.0 * ((v * 12.9898).sin() * 43758.5453).fract() * n as f64 / 10.0).collect();
+            (x, y)
+        };
+        let (x, y) = noisy(12);
+        let (rho, low, high) = spearman_interval(&x, &y, 2000);
+        assert!(low <= rho && rho <= high && high - low > 0.05, "{low} {rho} {high}");
+        let (x, y) = noisy(48);
+        let (rho48, low48, high48) = spearman_interval(&x, &y, 2000);
+        assert!(low48 <= rho48 && rho48 <= high48 && high48 - low48 < high - low, "{low48} {rho48} {high48} vs {low} {high}");
     }
 }

@@ -81,3 +81,57 @@ fn sweep_runs_the_grid_resumes_and_select_ranks() {
     let missing = lejepa(&["select", "/no/such/run"]);
     assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("/no/such/run"));
 }
+
+/// Writes a finished run as `select` reads it: config, per-step losses ending at `loss`, summary,
+/// weights, and an offline probe result.
+fn fake_run(dir: &std::path::Path, lambda: f64, batch: usize, loss: f64, accuracy: f64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = lejepa::train::config::Config { lambda, batch_size: batch, ..lejepa::train::config::Config::preset("cpu-small").unwrap() };
+    std::fs::write(dir.join("config.toml"), toml::to_string(&config).unwrap()).unwrap();
+    let metrics: String = (0..20).map(|step| format!("{{\"step\": {step}, \"loss\": {}}}\n", loss + 1.0 / (1.0 + step as f64) * (step < 10) as u8 as f64)).collect();
+    std::fs::write(dir.join("metrics.jsonl"), metrics).unwrap();
+    std::fs::write(dir.join("summary.json"), "{}").unwrap();
+    std::fs::write(dir.join("backbone.safetensors"), "").unwrap();
+    std::fs::write(dir.join("probe-digits-linear.json"), format!("{{\"accuracy\": {accuracy}}}")).unwrap();
+}
+
+/// `select` reports ρ for each α with a bootstrap interval, the accuracy lost by choosing without labels,
+/// and warns when the runs' losses are not comparable (another batch size).
+#[test]
+fn select_reports_the_alpha_curve_with_intervals_and_warns_on_incomparable_runs() {
+    let out = common::scratch("select-curve");
+    // Larger λ gives larger losses and better probes here: loss/λ^0.4 ranks the runs nearly as their accuracy
+    // does, the plain loss nearly backwards.
+    let runs = [(0.02, 0.30, 0.80), (0.05, 0.42, 0.84), (0.1, 0.50, 0.86), (0.02, 0.28, 0.82), (0.05, 0.40, 0.85), (0.1, 0.47, 0.88)];
+    for (i, &(lambda, loss, acc)) in runs.iter().enumerate() {
+        fake_run(&out.join(format!("run{i}")), lambda, 64, loss, acc);
+    }
+    let select = lejepa(&["select", out.to_str().unwrap(), "--json"]);
+    let stderr = String::from_utf8_lossy(&select.stderr);
+    assert!(select.status.success() && !stderr.contains("warning"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&select.stdout).lines().last().unwrap()).unwrap();
+    let curve = report["alpha_curve"].as_array().unwrap();
+    assert_eq!(curve.iter().map(|c| c["alpha"].as_f64().unwrap()).collect::<Vec<_>>(), vec![0.0, 0.2, 0.4, 0.6, 0.8]);
+    for c in curve {
+        let (rho, low, high) = (c["spearman"].as_f64().unwrap(), c["low"].as_f64().unwrap(), c["high"].as_f64().unwrap());
+        assert!(low <= rho && rho <= high, "{c}");
+    }
+    // By hand: the scores loss/λ^0.4 of the six runs rank them exactly as their accuracies do.
+    let at = |alpha: f64| curve.iter().find(|c| c["alpha"].as_f64() == Some(alpha)).unwrap()["spearman"].as_f64().unwrap();
+    let scores: Vec<f64> = runs.iter().map(|&(lambda, loss, _)| loss / f64::powf(lambda, 0.4)).collect();
+    let accuracies: Vec<f64> = runs.iter().map(|r| r.2).collect();
+    assert!((at(0.4) - lejepa::select::spearman(&scores.iter().map(|s| -s).collect::<Vec<_>>(), &accuracies)).abs() < 1e-12);
+    assert!(at(0.0) < 0.0, "the plain loss ranks these runs backwards: {}", at(0.0));
+    let chosen_accuracy = runs[(0..6).min_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap()].2;
+    let lost = report["accuracy_lost"].as_f64().unwrap();
+    assert!((lost - (0.88 - chosen_accuracy)).abs() < 1e-12, "accuracy lost {lost}");
+    assert_eq!(report["comparable"], true);
+
+    // A run at another batch size: its loss scales differently; select says so.
+    fake_run(&out.join("run-batch32"), 0.05, 32, 0.2, 0.5);
+    let select = lejepa(&["select", out.to_str().unwrap(), "--json"]);
+    let stderr = String::from_utf8_lossy(&select.stderr);
+    assert!(stderr.contains("warning: these runs differ") && stderr.contains("batch 32") && stderr.contains("batch 64"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&select.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(report["comparable"], false);
+}

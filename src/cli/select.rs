@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, ensure};
 use serde_json::json;
 
-use crate::select::{RunResult, read_run, spearman};
+use crate::select::{RunResult, read_run, spearman_interval};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -40,15 +40,19 @@ fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
     dirs
 }
 
-/// Rank agreement ρ(−score, accuracy) over the runs with a probe accuracy (1 = same order).
-fn agreement(runs: &[RunResult], alpha: f64) -> Option<f64> {
+/// Rank agreement ρ(−score, accuracy) over the runs with a probe accuracy (1 = same order), with its 95%
+/// bootstrap interval over runs: (ρ, low, high).
+fn agreement(runs: &[RunResult], alpha: f64) -> Option<(f64, f64, f64)> {
     let with_acc: Vec<&RunResult> = runs.iter().filter(|r| r.probe_accuracy.is_some()).collect();
     (with_acc.len() >= 3).then(|| {
         let scores: Vec<f64> = with_acc.iter().map(|r| -r.score(alpha)).collect();
         let acc: Vec<f64> = with_acc.iter().map(|r| r.probe_accuracy.unwrap()).collect();
-        spearman(&scores, &acc)
+        spearman_interval(&scores, &acc, 2000)
     })
 }
+
+/// The α values whose agreement `select` reports (the paper's Figure 19 sweeps α the same way).
+const ALPHAS: [f64; 5] = [0.0, 0.2, 0.4, 0.6, 0.8];
 
 pub fn report(paths: &[PathBuf], alpha: f64, plot: Option<&Path>, as_json: bool) -> Result<()> {
     // A broken or unfinished run is left out with its reason; the others are still ranked.
@@ -73,9 +77,32 @@ pub fn report(paths: &[PathBuf], alpha: f64, plot: Option<&Path>, as_json: bool)
     }
     let chosen = &runs[order[0]];
     println!("chosen (lowest loss/λ^{alpha}): {}", chosen.run_dir.display());
-    let (plain, scaled) = (agreement(&runs, 0.0), agreement(&runs, alpha));
+    // The loss compares runs only at the same global batch and views: say so rather than rank silently.
+    let mut scales: Vec<&str> = runs.iter().map(|r| r.loss_scale.as_str()).collect();
+    scales.sort_unstable();
+    scales.dedup();
+    let incomparable = scales.len() > 1;
+    if incomparable {
+        eprintln!(
+            "warning: these runs differ in what their loss depends on besides training ({}); their losses do not rank them \
+             fairly: compare runs of one batch and view recipe",
+            scales.join(" | ")
+        );
+    }
+    let best = runs.iter().filter_map(|r| r.probe_accuracy).fold(f64::NAN, f64::max);
+    let lost = chosen.probe_accuracy.map(|a| best - a).filter(|l| l.is_finite());
+    if let Some(lost) = lost {
+        println!("accuracy lost by choosing without labels: {:.2} points (best probe {:.2}%)", 100.0 * lost, 100.0 * best);
+    }
+    let curve: Vec<(f64, (f64, f64, f64))> = ALPHAS.iter().chain([alpha].iter().filter(|a| !ALPHAS.contains(a))).filter_map(|&a| Some((a, agreement(&runs, a)?))).collect();
+    if !curve.is_empty() {
+        println!("Spearman ρ(−loss/λ^α, probe accuracy) over {} runs, with 95% bootstrap intervals over runs:", runs.iter().filter(|r| r.probe_accuracy.is_some()).count());
+        for (a, (rho, low, high)) in &curve {
+            println!("  α = {a:<4} ρ = {rho:>6.3}  [{low:.3}, {high:.3}]{}", if *a == alpha { "  (used to choose)" } else { "" });
+        }
+    }
+    let (plain, scaled) = (agreement(&runs, 0.0).map(|r| r.0), agreement(&runs, alpha).map(|r| r.0));
     if let (Some(plain), Some(scaled)) = (plain, scaled) {
-        println!("Spearman ρ(−score, probe accuracy): α = 0: {plain:.3}, α = {alpha}: {scaled:.3}");
         if let Some(path) = plot {
             let series = |a: f64| -> Vec<(f64, f64)> {
                 runs.iter().filter_map(|r| Some((r.score(a).ln(), 100.0 * r.probe_accuracy?))).collect()
@@ -85,7 +112,12 @@ pub fn report(paths: &[PathBuf], alpha: f64, plot: Option<&Path>, as_json: bool)
         }
     }
     if as_json {
-        println!("{}", json!({"chosen": chosen.run_dir, "alpha": alpha, "spearman_plain": plain, "spearman_alpha": scaled, "runs": runs, "skipped": skipped}));
+        let curve: Vec<serde_json::Value> = curve.iter().map(|(a, (rho, low, high))| json!({"alpha": a, "spearman": rho, "low": low, "high": high})).collect();
+        println!(
+            "{}",
+            json!({"chosen": chosen.run_dir, "alpha": alpha, "spearman_plain": plain, "spearman_alpha": scaled, "alpha_curve": curve,
+                   "accuracy_lost": lost, "comparable": !incomparable, "runs": runs, "skipped": skipped})
+        );
     }
     Ok(())
 }
