@@ -73,6 +73,46 @@ pub fn read_run(run_dir: &Path) -> Result<RunResult> {
     Ok(RunResult { run_dir: run_dir.to_path_buf(), lambda: config.lambda, final_loss, probe_accuracy: offline.or(online), loss_scale })
 }
 
+/// One kept checkpoint of a run (`backbone-step<N>.safetensors`, from `--keep-backbones`) and the
+/// training loss at its step: the mean over the same window as a run's final loss, ending at that step.
+#[derive(Clone, Debug, Serialize)]
+pub struct Checkpoint {
+    pub step: u64,
+    pub weights: PathBuf,
+    pub loss: f64,
+}
+
+/// The kept checkpoints of a run, by step, each with its training loss.
+pub fn read_checkpoints(run_dir: &Path) -> Result<Vec<Checkpoint>> {
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics_path).with_context(|| format!("{}: cannot read (not a run directory?)", metrics_path.display()))?;
+    let losses: Vec<(u64, f64)> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|r| Some((r["step"].as_u64()?, r["loss"].as_f64()?)))
+        .collect();
+    let mut checkpoints = Vec::new();
+    for entry in std::fs::read_dir(run_dir).with_context(|| format!("{}: cannot list", run_dir.display()))? {
+        let path = entry?.path();
+        let Some(step) = path.file_name().and_then(|n| n.to_str()?.strip_prefix("backbone-step")?.strip_suffix(".safetensors")?.parse::<u64>().ok()) else {
+            continue;
+        };
+        let upto: Vec<f64> = losses.iter().filter(|(s, _)| *s <= step).map(|(_, l)| *l).collect();
+        ensure!(!upto.is_empty(), "{}: no losses recorded up to step {step}", metrics_path.display());
+        let tail = (upto.len() / 10).clamp(1, 50);
+        let loss = upto[upto.len() - tail..].iter().sum::<f64>() / tail as f64;
+        checkpoints.push(Checkpoint { step, weights: path, loss });
+    }
+    ensure!(
+        checkpoints.len() >= 2,
+        "{}: {} kept checkpoint(s) (backbone-step<N>.safetensors); train with --keep-backbones to keep one per --checkpoint-every",
+        run_dir.display(),
+        checkpoints.len()
+    );
+    checkpoints.sort_by_key(|c| c.step);
+    Ok(checkpoints)
+}
+
 /// Ranks 1..n with ties given their average rank.
 pub fn average_ranks(values: &[f64]) -> Vec<f64> {
     let mut order: Vec<usize> = (0..values.len()).collect();

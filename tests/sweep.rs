@@ -135,3 +135,45 @@ fn select_reports_the_alpha_curve_with_intervals_and_warns_on_incomparable_runs(
     let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&select.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(report["comparable"], false);
 }
+
+/// `select --checkpoints RUN`: a run's kept checkpoints, each with its training loss at that step (the same
+/// window as a run's final loss) and a probe; ρ between the two.
+#[test]
+fn select_ranks_the_checkpoints_of_one_run() {
+    let out = common::scratch("select-checkpoints");
+    let train = lejepa(&[
+        "pretrain", "--preset", "cpu-small", "--data", "digits", "--arch", "vit-tiny-patch4-depth2", "--projector", "64,64,16",
+        "--batch-size", "64", "--slices", "32", "--local-views", "0", "--max-steps", "8", "--checkpoint-every", "2",
+        "--keep-backbones", "--workers", "1", "--no-online-probe", "--json", "--out", out.to_str().unwrap(),
+    ]);
+    assert!(train.status.success(), "{}", String::from_utf8_lossy(&train.stderr));
+    let summary: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&train.stdout).lines().last().unwrap()).unwrap();
+    let run = std::path::PathBuf::from(summary["run_dir"].as_str().unwrap());
+    let select = lejepa(&["select", "--checkpoints", run.to_str().unwrap(), "--probe-images", "200", "--json"]);
+    assert!(select.status.success(), "{}", String::from_utf8_lossy(&select.stderr));
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&select.stdout).lines().last().unwrap()).unwrap();
+    let rows = report["checkpoints"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 4, 6, 8]);
+    // The loss at a step is the mean of the last tenth (at least one) of the losses up to it: here the step's own.
+    let losses: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+        .collect();
+    for row in rows {
+        let step = row["step"].as_u64().unwrap() as usize;
+        assert_eq!(row["loss"].as_f64().unwrap(), losses[step - 1], "step {step}");
+        assert!((0.0..=1.0).contains(&row["probe_accuracy"].as_f64().unwrap()));
+    }
+    let (minus_loss, accuracy): (Vec<f64>, Vec<f64>) = rows.iter().map(|r| (-r["loss"].as_f64().unwrap(), r["probe_accuracy"].as_f64().unwrap())).unzip();
+    assert_eq!(report["spearman"].as_f64().unwrap(), lejepa::select::spearman(&minus_loss, &accuracy));
+
+    // A run without kept checkpoints says how to keep them.
+    for entry in std::fs::read_dir(&run).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("backbone-step") {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    let refused = lejepa(&["select", "--checkpoints", run.to_str().unwrap()]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("--keep-backbones"));
+}

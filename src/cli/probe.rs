@@ -9,6 +9,7 @@ use tch::Tensor;
 
 use super::data_args::DataArgs;
 use super::model_args::{Model, ModelArgs, fit_channels};
+use crate::data::Split;
 use crate::eval::{FeatureKind, ProbeSettings, Scores, features, few_shot_indices, knn, linear_probe, mean_std, pixel_features, scores};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -217,6 +218,17 @@ pub struct Baselines {
     pub random_init: f64,
 }
 
+/// The default linear probe's top-1 accuracy on a frozen model's probe features (the last two blocks).
+pub fn frozen_probe(model: &Model, train: &Split, test: &Split, classes: usize) -> Result<f64> {
+    let (Some(train_labels), Some(test_labels)) = (&train.labels, &test.labels) else { anyhow::bail!("the probe needs labels") };
+    let (train, test) = (fit_channels(train, model), fit_channels(test, model));
+    let backbone = &model.encoder.backbone;
+    let train_features = features(backbone, &train, &model.crop, FeatureKind::Probe, model.device)?;
+    let test_features = features(backbone, &test, &model.crop, FeatureKind::Probe, model.device)?;
+    let predicted = linear_probe(&train_features, train_labels, &test_features, classes, ProbeSettings::default())?;
+    Ok(scores(&predicted, test_labels, classes).accuracy)
+}
+
 pub fn probe_with_baselines(args: &ModelArgs, trained: &Model, dataset: &crate::data::Dataset, train_images: usize, test_images: usize) -> Result<Baselines> {
     use crate::data::stratified_subset;
     let (train, test) = (stratified_subset(&dataset.train, train_images), stratified_subset(&dataset.test, test_images));
@@ -229,14 +241,7 @@ pub fn probe_with_baselines(args: &ModelArgs, trained: &Model, dataset: &crate::
         let predicted = linear_probe(train_features, train_labels, test_features, classes, ProbeSettings::default())?;
         Ok(scores(&predicted, test_labels, classes).accuracy)
     };
-    let probe = |model: &Model| -> Result<f64> {
-        let (train, test) = (fit_channels(&train, model), fit_channels(&test, model));
-        let backbone = &model.encoder.backbone;
-        accuracy(
-            &features(backbone, &train, &model.crop, FeatureKind::Probe, model.device)?,
-            &features(backbone, &test, &model.crop, FeatureKind::Probe, model.device)?,
-        )
-    };
+    let probe = |model: &Model| frozen_probe(model, &train, &test, classes);
     let (train_views, test_views) = (fit_channels(&train, trained), fit_channels(&test, trained));
     Ok(Baselines {
         train_images: train.len(),

@@ -2,16 +2,23 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
-use crate::select::{RunResult, read_run, spearman_interval};
+use crate::select::{RunResult, read_checkpoints, read_run, spearman_interval};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Run directories, or folders of runs (e.g. a sweep).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "checkpoints")]
     runs: Vec<PathBuf>,
+    /// Instead: rank one run's kept checkpoints (backbone-step<N>.safetensors, from --keep-backbones) by their
+    /// training loss at that step, and report ρ against a linear probe of each (the paper's Figure 1, along training).
+    #[arg(long, value_name = "RUN", conflicts_with = "runs")]
+    checkpoints: Option<PathBuf>,
+    /// With --checkpoints: training and test images of each probe (stratified subsets of the run's data).
+    #[arg(long, default_value_t = 5000)]
+    probe_images: usize,
     /// Exponent of λ in the ranking score loss / λ^α (0: the plain loss).
     #[arg(long, default_value_t = 0.4)]
     alpha: f64,
@@ -123,5 +130,41 @@ pub fn report(paths: &[PathBuf], alpha: f64, plot: Option<&Path>, as_json: bool)
 }
 
 pub fn run(args: Args) -> Result<()> {
-    report(&args.runs, args.alpha, args.plot.as_deref(), args.json)
+    match &args.checkpoints {
+        Some(run) => along_training(run, args.probe_images, args.json),
+        None => report(&args.runs, args.alpha, args.plot.as_deref(), args.json),
+    }
+}
+
+/// Within one run λ is fixed, so the plain loss ranks its checkpoints; each is probed as `pretrain`'s final probe is.
+fn along_training(run: &Path, probe_images: usize, as_json: bool) -> Result<()> {
+    let checkpoints = read_checkpoints(run)?;
+    let config_args = super::model_args::ModelArgs::of_run(run, "cpu");
+    let config = config_args.run_config()?.context("a run directory has a config.toml")?;
+    let dataset = crate::data::open(&config.data, &Default::default())?;
+    let (train, test) = (crate::data::stratified_subset(&dataset.train, probe_images), crate::data::stratified_subset(&dataset.test, probe_images));
+    ensure!(train.labels.is_some() && test.labels.is_some() && !test.is_empty(), "{}: probing the checkpoints needs labeled data with a test split", config.data);
+    println!("{:>8} {:>10} {:>10}", "step", "loss", "probe %");
+    let mut accuracies = Vec::new();
+    for checkpoint in &checkpoints {
+        let args = super::model_args::ModelArgs {
+            checkpoint: Some(checkpoint.weights.clone()),
+            arch: Some(config.arch.clone()),
+            device: config.device.to_string(),
+            ..super::model_args::ModelArgs::of_run(run, "cpu")
+        };
+        let model = args.load(&dataset, false)?;
+        let accuracy = super::probe::frozen_probe(&model, &train, &test, dataset.classes.len())?;
+        println!("{:>8} {:>10.4} {:>10.2}", checkpoint.step, checkpoint.loss, 100.0 * accuracy);
+        accuracies.push(accuracy);
+    }
+    let losses: Vec<f64> = checkpoints.iter().map(|c| -c.loss).collect();
+    let (rho, low, high) = spearman_interval(&losses, &accuracies, 2000);
+    println!("Spearman ρ(−loss, probe accuracy) over {} checkpoints: {rho:.3} [{low:.3}, {high:.3}] (95% bootstrap interval)", checkpoints.len());
+    if as_json {
+        let rows: Vec<serde_json::Value> =
+            checkpoints.iter().zip(&accuracies).map(|(c, a)| json!({"step": c.step, "weights": c.weights, "loss": c.loss, "probe_accuracy": a})).collect();
+        println!("{}", json!({"run_dir": run, "checkpoints": rows, "spearman": rho, "low": low, "high": high}));
+    }
+    Ok(())
 }
