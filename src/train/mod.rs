@@ -310,7 +310,6 @@ struct Run<'a> {
     group: Option<&'a Arc<ProcessGroup>>,
     rank: usize,
     world: usize,
-    leader: bool,
     device: Device,
     run_dir: PathBuf,
     crop: Arc<MultiCrop>,
@@ -331,7 +330,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
     let started = Instant::now();
     stop_on_ctrl_c();
     let mut run = Run::set_up(config, run_dir, dataset, group)?;
-    let mut step = if resume && run.leader { run.restore()? } else { 0 };
+    let mut step = if resume && run.leader() { run.restore()? } else { 0 };
     if let Some(group) = group {
         // Same start everywhere (as DDP): rank 0's fresh weights, or its checkpoint.
         step = run.state.broadcast_from_rank0(group, step)?;
@@ -366,7 +365,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         // Time estimate from this process's second and third steps (the first also warms up kernels and memory).
         if warmup_times.len() < 3 {
             warmup_times.push(step_seconds);
-            if run.leader && warmup_times.len() == 3 {
+            if run.leader() && warmup_times.len() == 3 {
                 progress.suspend(|| eprintln!("{}", run.schedule.time_estimate(step, (warmup_times[1] + warmup_times[2]) / 2.0)));
             }
         }
@@ -376,7 +375,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
             }
         }
         interrupted = run.interrupted_anywhere()?;
-        if run.leader && (step % config.checkpoint_every == 0 || step == run.schedule.last || interrupted) {
+        if run.leader() && (step % config.checkpoint_every == 0 || step == run.schedule.last || interrupted) {
             run.save_checkpoint(step)?;
         }
         if interrupted {
@@ -384,7 +383,7 @@ pub fn pretrain(config: &Config, run_dir: &Path, resume: bool, dataset: &Dataset
         }
     }
     progress.finish_and_clear();
-    if run.leader && !run.checkpoint_path().exists() {
+    if run.leader() && !run.checkpoint_path().exists() {
         run.save_checkpoint(step)?;
     }
     let summary = Summary {
@@ -497,7 +496,6 @@ impl<'a> Run<'a> {
             group,
             rank,
             world,
-            leader: rank == 0,
             device,
             run_dir: run_dir.to_path_buf(),
             crop,
@@ -545,6 +543,11 @@ impl<'a> Run<'a> {
         self.run_dir.join("checkpoint.safetensors")
     }
 
+    /// Rank 0 writes the run's files and prints; every rank trains.
+    fn leader(&self) -> bool {
+        self.rank == 0
+    }
+
     /// Restores the run's checkpoint (rank 0); returns the step to continue from.
     fn restore(&mut self) -> Result<u64> {
         let leftover = self.run_dir.join("checkpoint.safetensors.tmp");
@@ -567,7 +570,7 @@ impl<'a> Run<'a> {
     /// The metrics log, opened for appending (rank 0; elsewhere a sink), and the run's first loss. Records
     /// after `step` (logged by a run killed after its checkpoint) are dropped: those steps are redone.
     fn open_metrics(&self, step: u64) -> Result<(Box<dyn Write>, Option<f64>)> {
-        if !self.leader {
+        if !self.leader() {
             return Ok((Box::new(std::io::sink()), None));
         }
         let path = self.run_dir.join("metrics.jsonl");
@@ -601,7 +604,7 @@ impl<'a> Run<'a> {
     }
 
     fn progress_bar(&self, step: u64) -> indicatif::ProgressBar {
-        let bar = if self.leader { indicatif::ProgressBar::new(self.schedule.last) } else { indicatif::ProgressBar::hidden() };
+        let bar = if self.leader() { indicatif::ProgressBar::new(self.schedule.last) } else { indicatif::ProgressBar::hidden() };
         bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").unwrap());
         bar.with_position(step)
     }
@@ -665,7 +668,7 @@ impl<'a> Run<'a> {
         match probe_accuracy(&self.state.encoder, probe, eval, &self.crop, self.device) {
             Ok(Some(accuracy)) => {
                 writeln!(metrics, "{}", serde_json::json!({"step": step, "epoch": epoch, "probe_accuracy": accuracy}))?;
-                if self.leader {
+                if self.leader() {
                     progress.suspend(|| eprintln!("epoch {epoch} step {step}: loss {loss:.4}, online probe accuracy {:.2}%", 100.0 * accuracy));
                 }
                 Ok(Some(accuracy))
@@ -698,7 +701,7 @@ impl<'a> Run<'a> {
     /// Writes the summary and the plots (rank 0), then waits for every process: all leave once rank 0's
     /// last checkpoint is on disk.
     fn finish(&self, summary: &Summary) -> Result<()> {
-        if self.leader {
+        if self.leader() {
             std::fs::write(self.run_dir.join("summary.json"), serde_json::to_string_pretty(summary)?)?;
             if let Err(e) = plots::draw(&self.run_dir.join("metrics.jsonl"), &self.run_dir) {
                 eprintln!("warning: no plots drawn: {e:#}");
