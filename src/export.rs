@@ -67,7 +67,7 @@ impl ModelFolder {
             "pretrained_cfg": {
                 "tag": "lejepa",
                 "input_size": [self.in_chans, self.img_size, self.img_size],
-                "interpolation": self.resize.map_or("bilinear".to_string(), |r| format!("{:?}", r.filter).to_lowercase()),
+                "interpolation": self.resize.map_or("bilinear", |r| r.filter.name()),
                 "crop_pct": self.resize.map_or(1.0, |r| r.crop_pct),
                 "crop_mode": "center",
                 "mean": self.mean,

@@ -51,8 +51,7 @@ pub fn read_run(run_dir: &Path) -> Result<RunResult> {
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary_path)?)
         .with_context(|| format!("{}: not a readable summary", summary_path.display()))?;
     ensure!(run_dir.join("backbone.safetensors").exists(), "{}: no backbone.safetensors to choose", run_dir.display());
-    let tail = (losses.len() / 10).clamp(1, 50);
-    let final_loss = losses[losses.len() - tail..].iter().sum::<f64>() / tail as f64;
+    let final_loss = late_loss(&losses);
 
     let offline = std::fs::read_dir(run_dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -71,6 +70,13 @@ pub fn read_run(run_dir: &Path) -> Result<RunResult> {
         config.local_scale
     );
     Ok(RunResult { run_dir: run_dir.to_path_buf(), lambda: config.lambda, final_loss, probe_accuracy: offline.or(online), loss_scale })
+}
+
+/// The training loss at the end of `losses` (a run's, in step order): the mean of the last tenth, at least
+/// one step and at most 50, less noisy than the last step alone.
+fn late_loss(losses: &[f64]) -> f64 {
+    let tail = (losses.len() / 10).clamp(1, 50);
+    losses[losses.len() - tail..].iter().sum::<f64>() / tail as f64
 }
 
 /// One kept checkpoint of a run (`backbone-step<N>.safetensors`, from `--keep-backbones`) and the
@@ -99,9 +105,7 @@ pub fn read_checkpoints(run_dir: &Path) -> Result<Vec<Checkpoint>> {
         };
         let upto: Vec<f64> = losses.iter().filter(|(s, _)| *s <= step).map(|(_, l)| *l).collect();
         ensure!(!upto.is_empty(), "{}: no losses recorded up to step {step}", metrics_path.display());
-        let tail = (upto.len() / 10).clamp(1, 50);
-        let loss = upto[upto.len() - tail..].iter().sum::<f64>() / tail as f64;
-        checkpoints.push(Checkpoint { step, weights: path, loss });
+        checkpoints.push(Checkpoint { step, weights: path, loss: late_loss(&upto) });
     }
     ensure!(
         checkpoints.len() >= 2,

@@ -45,11 +45,12 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let default_data = args.model.run_config()?.map_or("fashion-mnist".to_string(), |c| c.data);
     anyhow::ensure!(args.model.has_model(), "give --run RUN, or --weights W with --arch A");
-    anyhow::ensure!(!args.projector || (args.model.run.is_some() && args.model.checkpoint.is_none()),
-        "--projector: the projector is saved in a run's checkpoint.safetensors: give --run RUN (and no --weights)");
+    if args.projector {
+        args.model.projector_run()?; // before the split is embedded
+    }
     let dataset = args.data.open(&default_data)?;
     let model = args.model.load(&dataset, false)?;
-    println!("preprocessing: {}", model.preprocessing);
+    println!("preprocessing: {}", model.preprocessing());
     let split = args.split.unwrap_or(if dataset.test.is_empty() { SplitName::Train } else { SplitName::Test });
     let splits: Vec<(&str, &Split)> = match split {
         SplitName::Train => vec![("train", &*dataset.train)],

@@ -30,8 +30,8 @@ pub fn run(args: Args) -> Result<()> {
     let arch_name = args.model.arch.clone().or(config.as_ref().map(|c| c.arch.clone())).context("give --run RUN, or --weights W with --arch A")?;
     let arch = Arch::from_name(&arch_name)?;
     let backbone = &model.encoder.backbone;
-    let in_chans = model.preprocessing.mean.len() as i64;
-    let img_size = model.preprocessing.size as i64;
+    let in_chans = model.crop.mean.len() as i64;
+    let img_size = model.crop.global.size as i64;
 
     let mut provenance = Vec::new();
     match (&args.model.run, &config) {
@@ -70,9 +70,9 @@ pub fn run(args: Args) -> Result<()> {
         arch_name: arch_name.clone(),
         in_chans,
         img_size,
-        mean: model.preprocessing.mean.clone(),
-        std: model.preprocessing.std.clone(),
-        resize: model.preprocessing.resize,
+        mean: model.crop.mean.clone(),
+        std: model.crop.std.clone(),
+        resize: model.crop.eval_resize,
         num_features: backbone.embed_dim(),
         provenance,
     };

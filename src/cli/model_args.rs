@@ -103,7 +103,7 @@ impl std::fmt::Display for Preprocessing {
         match self.resize {
             None => write!(f, "central square at {0}×{0} px", self.size)?,
             Some(r) => {
-                let (short, size, crop_pct, filter) = ((self.size as f64 / r.crop_pct).floor(), self.size, r.crop_pct, format!("{:?}", r.filter).to_lowercase());
+                let (short, size, crop_pct, filter) = ((self.size as f64 / r.crop_pct).floor(), self.size, r.crop_pct, r.filter.name());
                 write!(f, "shorter side resized to {short} px ({filter}, as Pillow), central {size}×{size} crop (crop_pct {crop_pct})")?
             }
         }
@@ -124,9 +124,19 @@ pub struct Trained {
 /// A frozen backbone ready for a dataset, and the evaluation views that fit it.
 pub struct Model {
     pub encoder: Encoder,
+    /// The evaluation view: its size, resize and normalisation.
     pub crop: MultiCrop,
     pub device: Device,
-    pub preprocessing: Preprocessing,
+    /// Where the normalisation came from (see [`Preprocessing::normalization`]).
+    pub normalization: String,
+}
+
+impl Model {
+    /// The evaluation views' preprocessing, for printing and for JSON.
+    pub fn preprocessing(&self) -> Preprocessing {
+        let crop = &self.crop;
+        Preprocessing { size: crop.global.size, resize: crop.eval_resize, mean: crop.mean.clone(), std: crop.std.clone(), normalization: self.normalization.clone() }
+    }
 }
 
 /// What a timm-named backbone file says of its input: channels (first convolution's weight) and,
@@ -213,16 +223,16 @@ impl ModelArgs {
             .or(weights_img_size.map(|s| s as usize))
             .or(timm.as_ref().map(|t| t.input_size))
             .unwrap_or(width.min(height).min(224));
-        let mut crop = MultiCrop::lejepa(self.img_size.unwrap_or(default_size), multiple, 1, 0);
+        let size = self.img_size.unwrap_or(default_size);
+        let mut crop = MultiCrop::lejepa(size, multiple, 1, 0);
         // Evaluation is not capped at training's 224 px (timm's DINOv2 weights are evaluated at 518).
-        crop.global.size = ((self.img_size.unwrap_or(default_size) as f64 / multiple as f64).round() as usize).max(1) * multiple;
+        crop.global.size = ((size as f64 / multiple as f64).round() as usize).max(1) * multiple;
         crop.eval_resize = timm.as_ref().map(|t| t.resize);
         // Evaluation reads the central square at the view size: files need decoding no larger. timm's
         // resize starts from the whole image, as Pillow decoded it.
         dataset.decode_at(if timm.is_some() { usize::MAX } else { crop.global.size });
-        let (mean, std, normalization) = self.normalization(dataset, in_chans, timm.as_ref())?;
-        (crop.mean, crop.std) = (mean.clone(), std.clone());
-        let preprocessing = Preprocessing { size: crop.global.size, resize: crop.eval_resize, mean, std, normalization };
+        let (mean, std, normalization) = self.normalization(dataset, in_chans, trained.as_ref(), timm.as_ref())?;
+        (crop.mean, crop.std) = (mean, std);
         // Evaluation needs the backbone only; the projector (a token one here) is never used.
         // Built at the size its position embedding was trained for; other sizes are interpolated.
         let build_size = weights_img_size.unwrap_or(crop.global.size as i64);
@@ -235,7 +245,7 @@ impl ModelArgs {
         if let (false, Some((path, tensors))) = (random, weights) {
             encoder.load_backbone_tensors(&path, tensors)?;
         }
-        Ok(Model { encoder, crop, device, preprocessing })
+        Ok(Model { encoder, crop, device, normalization })
     }
 
     /// The backbone file: --weights (a file, or a run or exported folder holding one), else the run's.
@@ -279,22 +289,29 @@ impl ModelArgs {
     }
 
     /// Mean and std for a model of `in_chans` channels on `dataset`, and where they came from.
-    fn normalization(&self, dataset: &Dataset, in_chans: i64, timm: Option<&TimmPreprocessing>) -> Result<(Vec<f32>, Vec<f32>, String)> {
+    /// `trained` and `timm` are what [`Self::load`] found beside the weights and for the architecture.
+    fn normalization(
+        &self,
+        dataset: &Dataset,
+        in_chans: i64,
+        trained: Option<&Trained>,
+        timm: Option<&TimmPreprocessing>,
+    ) -> Result<(Vec<f32>, Vec<f32>, String)> {
         if let (None, Some(timm)) = (&self.normalize, timm) {
             return Ok((timm.mean.clone(), timm.std.clone(), format!("timm's pretrained_cfg for {}", timm.name)));
         }
         let chosen = match &self.normalize {
             Some(choice) => choice.clone(),
-            None if self.trained_preprocessing()?.is_some() => Normalize::Run,
+            None if trained.is_some() => Normalize::Run,
             None if self.has_model() && in_chans == 3 => Normalize::Imagenet,
             None => Normalize::Data,
         };
         let (mean, std, source) = match chosen {
             Normalize::Run => {
-                let trained = self.trained_preprocessing()?.context(
+                let trained = trained.context(
                     "--normalize run: no statistics found (neither a run's augment.toml nor an exported folder's lejepa.json beside the weights)",
                 )?;
-                (trained.mean, trained.std, trained.source)
+                (trained.mean.clone(), trained.std.clone(), trained.source.clone())
             }
             Normalize::Imagenet => (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec(), "ImageNet's".to_string()),
             Normalize::Data => {
@@ -311,12 +328,18 @@ impl ModelArgs {
         }
     }
 
+    /// The run whose checkpoint holds the projector: --run without --weights, else an error saying so.
+    pub fn projector_run(&self) -> Result<&Path> {
+        match (&self.run, &self.checkpoint) {
+            (Some(run), None) => Ok(run),
+            _ => bail!("the projector is saved in a run's checkpoint.safetensors: give --run RUN (and no --weights)"),
+        }
+    }
+
     /// The run's trained projector (from its checkpoint.safetensors: a backbone file does not hold
     /// one), which maps the backbone's embedding of `in_dim` to the space SIGReg makes Gaussian.
     pub fn trained_projector(&self, in_dim: i64, device: Device) -> Result<Projector> {
-        let (Some(run), None) = (&self.run, &self.checkpoint) else {
-            bail!("the projector is saved in a run's checkpoint.safetensors: give --run RUN (and no --weights)")
-        };
+        let run = self.projector_run()?;
         let config = self.run_config()?.context("--run gives a config")?;
         let mut vs = nn::VarStore::new(Device::Cpu);
         let projector = Projector::new(&(vs.root() / "projector"), in_dim, &config.projector)?;

@@ -137,8 +137,8 @@ pub fn run(args: Args) -> Result<()> {
     for (name, random) in sources {
         let model = args.model.load(&dataset, random)?;
         if preprocessing.is_none() {
-            println!("preprocessing: {}", model.preprocessing);
-            preprocessing = Some(model.preprocessing.clone());
+            println!("preprocessing: {}", model.preprocessing());
+            preprocessing = Some(model.preprocessing());
         }
         let (train, test) = (fit_channels(&dataset.train, &model), fit_channels(&dataset.test, &model));
         let backbone = &model.encoder.backbone;

@@ -139,8 +139,8 @@ pub fn run(args: Args) -> Result<()> {
 /// Within one run λ is fixed, so the plain loss ranks its checkpoints; each is probed as `pretrain`'s final probe is.
 fn along_training(run: &Path, probe_images: usize, as_json: bool) -> Result<()> {
     let checkpoints = read_checkpoints(run)?;
-    let config_args = super::model_args::ModelArgs::of_run(run, "cpu");
-    let config = config_args.run_config()?.context("a run directory has a config.toml")?;
+    let of_run = super::model_args::ModelArgs::of_run(run, "cpu");
+    let config = of_run.run_config()?.context("a run directory has a config.toml")?;
     let dataset = crate::data::open(&config.data, &Default::default())?;
     let (train, test) = (crate::data::stratified_subset(&dataset.train, probe_images), crate::data::stratified_subset(&dataset.test, probe_images));
     ensure!(train.labels.is_some() && test.labels.is_some() && !test.is_empty(), "{}: probing the checkpoints needs labeled data with a test split", config.data);
@@ -151,7 +151,7 @@ fn along_training(run: &Path, probe_images: usize, as_json: bool) -> Result<()> 
             checkpoint: Some(checkpoint.weights.clone()),
             arch: Some(config.arch.clone()),
             device: config.device.to_string(),
-            ..super::model_args::ModelArgs::of_run(run, "cpu")
+            ..of_run.clone()
         };
         let model = args.load(&dataset, false)?;
         let accuracy = super::probe::frozen_probe(&model, &train, &test, dataset.classes.len())?;

@@ -98,7 +98,7 @@ pub fn run(args: Args) -> Result<()> {
     rows.sort_unstable();
 
     let model = args.model.load(&dataset, false)?;
-    println!("preprocessing: {}", model.preprocessing);
+    println!("preprocessing: {}", model.preprocessing());
     let split = fit_channels(split, &model);
     let trained = columns(&model, &split, &rows, args.tile)?;
     let random = if args.compare_random { Some(columns(&args.model.load(&dataset, true)?, &split, &rows, args.tile)?) } else { None };

@@ -15,6 +15,14 @@ pub enum Filter {
 }
 
 impl Filter {
+    /// The name timm's configurations use (`interpolation`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Filter::Bilinear => "bilinear",
+            Filter::Bicubic => "bicubic",
+        }
+    }
+
     fn support(self) -> f64 {
         match self {
             Filter::Bilinear => 1.0,
