@@ -202,6 +202,46 @@ fn a_nan_stops_the_run_and_keeps_the_last_good_checkpoint() {
     }
 }
 
+/// `--embedding-dim`: a Linear between backbone and projector (the official recipes' 512-d embedding),
+/// trained with them, which the online probe reads as MINIMAL.md's does; backbone files stay timm's.
+#[test]
+fn an_embedding_layer_sits_between_backbone_and_projector_and_feeds_the_online_probe() {
+    let out = scratch("embedding-layer");
+    let s = summary(&tiny(&out, &["--embedding-dim", "96"]).output_within(CHILD_DEADLINE));
+    let run_dir = PathBuf::from(s["run_dir"].as_str().unwrap());
+    let accuracy = s["probe_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.25, "the online probe on the 96-d embedding should beat chance (10%) clearly: {accuracy}");
+    let shapes: std::collections::HashMap<String, Vec<i64>> = tch::Tensor::read_safetensors(run_dir.join("checkpoint.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| (name, t.size()))
+        .collect();
+    // ViT-tiny: 192-d class token → 96 → the projector's 128, 128, 16.
+    assert_eq!(shapes["projector.embedding.weight"], [96, 192]);
+    assert_eq!(shapes["projector.0.weight"], [128, 96]);
+    assert_eq!(shapes["probe.linear.weight"], [10, 96], "the online probe reads the embedding layer's output");
+    assert!(shapes.contains_key("adamw.exp_avg.projector.embedding.weight"), "AdamW trains the embedding layer");
+    let embedding = tch::Tensor::read_safetensors(run_dir.join("checkpoint.safetensors")).unwrap();
+    let (_, weight) = embedding.iter().find(|(n, _)| n == "projector.embedding.weight").unwrap();
+    let mut fresh = lejepa::models::Encoder::with_embedding(
+        tch::Device::Cpu, lejepa::models::Arch::from_name("vit-tiny-patch4-depth2").unwrap(), 1, 8, 0.0, Some(96), &[128, 128, 16],
+    )
+    .unwrap();
+    let initial = fresh.vs.variables()["projector.embedding.weight"].shallow_clone();
+    assert!((weight - initial).abs().max().double_value(&[]) > 0.0, "the embedding layer was trained");
+    // The backbone file has no embedding layer: it loads into the plain backbone, as timm's num_classes=0.
+    fresh.load_backbone(&run_dir.join("backbone.safetensors")).unwrap();
+    // The config records the layer, so a resume or `embed --projector` rebuilds it.
+    let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+    assert!(config.contains("embedding_dim = 96"), "{config}");
+    let embed = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+        .args(["embed", "--run", run_dir.to_str().unwrap(), "--projector", "--out"])
+        .arg(out.join("z.npy"))
+        .output_within(CHILD_DEADLINE);
+    assert!(embed.status.success(), "{}", String::from_utf8_lossy(&embed.stderr));
+    assert_eq!(tch::Tensor::read_npy(out.join("z.npy")).unwrap().size()[1], 16, "embed --projector goes through the layer");
+}
+
 #[test]
 fn bad_config_values_are_rejected_before_training() {
     let out = scratch("bad");

@@ -294,3 +294,39 @@ fn foreign_weights_get_timms_own_evaluation_transform() {
         python_step("compare");
     }
 }
+
+/// With an embedding layer, lejepa's encoder is MINIMAL.md's model: timm's backbone created with
+/// `num_classes=E` (the layer is its head), then `torchvision.ops.MLP(E, widths, BatchNorm1d)`. The
+/// encoder's tensors, renamed as that module names them, load strictly and give the same embedding and z.
+#[test]
+fn the_embedding_layer_and_projector_are_minimal_mds_model() {
+    let Some(python) = common::python_with("timm, torchvision, safetensors", "the MINIMAL.md model check") else { return };
+    let dir = common::scratch("minimal-model");
+    tch::manual_seed(0);
+    let arch = Arch::from_name("vit-small-patch8").unwrap(); // MINIMAL.md's backbone, at 32 px
+    let enc = Encoder::with_embedding(Device::Cpu, arch, 1, 32, 0.0, Some(32), &[64, 64, 16]).unwrap();
+    assert_eq!(enc.projector.embedding_dim(), Some(32));
+    perturb_batch_norms(&enc);
+    let input = Tensor::randn([4, 1, 32, 32], (Kind::Float, Device::Cpu));
+    let (embedding, z) = tch::no_grad(|| {
+        let embedding = enc.projector.embed(&enc.backbone.forward(&input, false).embedding);
+        let z = enc.projector.mlp(&embedding, false);
+        (embedding, z)
+    });
+    assert_eq!(embedding.size(), [4, 32]);
+    assert_eq!(z.size(), [4, 16]);
+    let tensors: Vec<(String, Tensor)> = enc.vs.variables().into_iter().collect();
+    Tensor::write_safetensors(&tensors, dir.join("checkpoint.safetensors")).unwrap();
+    input.write_npy(dir.join("input.npy")).unwrap();
+    embedding.write_npy(dir.join("embedding.npy")).unwrap();
+    z.write_npy(dir.join("z.npy")).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/minimal_check.py");
+    let out = Command::new(&python)
+        .arg(script)
+        .args(["--name", "vit_small_patch8_224", "--img-size", "32", "--in-chans", "1", "--embedding-dim", "32"])
+        .args(["--projector", "64,64,16", "--dir", dir.to_str().unwrap()])
+        .output_within(CHILD_DEADLINE);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "minimal_check: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{stdout}");
+}

@@ -28,6 +28,9 @@ pub struct ConfigArgs {
     /// Projector widths, comma-separated (e.g. 2048,2048,64).
     #[arg(long, value_delimiter = ',')]
     pub projector: Option<Vec<i64>>,
+    /// A linear embedding layer of this width between backbone and projector, as the official recipes' 512 (0: none).
+    #[arg(long)]
+    pub embedding_dim: Option<i64>,
     /// Passes over the training images; the warm-up + cosine learning-rate schedule spans them.
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -221,6 +224,9 @@ impl ConfigArgs {
         }
         if let Some(images) = self.final_probe_images {
             c.final_probe_images = (images > 0).then_some(images);
+        }
+        if let Some(dim) = self.embedding_dim {
+            c.embedding_dim = (dim != 0).then_some(dim);
         }
         set_option!(max_steps, steps, warmup_steps, global_size, local_size, global_scale, local_scale, augment_file, threads, eval_images);
         if let Some(spec) = &self.data.data {

@@ -342,7 +342,7 @@ impl ModelArgs {
         let run = self.projector_run()?;
         let config = self.run_config()?.context("--run gives a config")?;
         let mut vs = nn::VarStore::new(Device::Cpu);
-        let projector = Projector::new(&(vs.root() / "projector"), in_dim, &config.projector)?;
+        let projector = Projector::new(&(vs.root() / "projector"), in_dim, config.embedding_dim, &config.projector)?;
         let path = run.join("checkpoint.safetensors");
         let tensors = read_weights(&path)?.into_iter().collect();
         copy_variables(&vs, "", &tensors, &path)?;

@@ -276,23 +276,33 @@ impl nn::ModuleT for BatchNorm {
     }
 }
 
-/// Linear–BatchNorm–ReLU twice, then Linear (paper: 2048-2048-64). Variables are named as
-/// torchvision's `ops.MLP` numbers its layers (0, 1, 4, 5, 8), so its state_dict loads as is.
+/// The head that maps a backbone embedding to the space SIGReg makes Gaussian: optionally a plain
+/// Linear to `embedding_dim` first (the official recipes' 512-d embedding: timm's `num_classes=512` in
+/// MINIMAL.md, `embedding_dim=512` in the launch scripts), then Linear–BatchNorm–ReLU twice and a Linear
+/// (paper: 2048-2048-64). The MLP's variables are named as torchvision's `ops.MLP` numbers its layers
+/// (0, 1, 4, 5, 8), so its state_dict loads as is; the embedding layer is `embedding`.
 pub struct Projector {
+    embedding: Option<nn::Linear>,
     layers: Vec<(nn::Linear, Option<BatchNorm>)>,
 }
 
+/// PyTorch's default Linear initialisation: weight and bias uniform in ±1/√fan_in.
+fn torch_linear(path: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
+    let bound = 1.0 / (in_dim as f64).sqrt();
+    let uniform = nn::Init::Uniform { lo: -bound, up: bound };
+    nn::linear(path, in_dim, out_dim, nn::LinearConfig { ws_init: uniform, bs_init: Some(uniform), bias: true })
+}
+
 impl Projector {
-    pub fn new(path: &nn::Path, in_dim: i64, dims: &[i64]) -> Result<Projector> {
+    pub fn new(path: &nn::Path, in_dim: i64, embedding_dim: Option<i64>, dims: &[i64]) -> Result<Projector> {
         ensure!(!dims.is_empty(), "the projector needs at least one layer");
+        ensure!(embedding_dim.is_none_or(|d| d > 0), "embedding_dim must be positive");
+        let embedding = embedding_dim.map(|dim| torch_linear(path / "embedding", in_dim, dim));
         let mut layers = Vec::new();
-        let mut prev = in_dim;
+        let mut prev = embedding_dim.unwrap_or(in_dim);
         for (i, &dim) in dims.iter().enumerate() {
             let last = i + 1 == dims.len();
-            let bound = 1.0 / (prev as f64).sqrt();
-            let uniform = nn::Init::Uniform { lo: -bound, up: bound };
-            let config = nn::LinearConfig { ws_init: uniform, bs_init: Some(uniform), bias: true };
-            let linear = nn::linear(path / (4 * i), prev, dim, config);
+            let linear = torch_linear(path / (4 * i), prev, dim);
             let norm = (!last).then(|| {
                 let config = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() };
                 BatchNorm::new(nn::batch_norm1d(path / (4 * i + 1), dim, config))
@@ -300,11 +310,24 @@ impl Projector {
             layers.push((linear, norm));
             prev = dim;
         }
-        Ok(Projector { layers })
+        Ok(Projector { embedding, layers })
     }
 
-    /// `[B, D]` → `[B, dims.last()]`.
-    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+    /// The width of the embedding layer's output, if there is one.
+    pub fn embedding_dim(&self) -> Option<i64> {
+        self.embedding.as_ref().map(|linear| linear.ws.size()[0])
+    }
+
+    /// `[B, D]` → `[B, embedding_dim]` through the embedding layer; the input itself without one.
+    pub fn embed(&self, x: &Tensor) -> Tensor {
+        match &self.embedding {
+            Some(linear) => x.apply(linear),
+            None => x.shallow_clone(),
+        }
+    }
+
+    /// The MLP alone: `[B, embedding_dim or D]` → `[B, dims.last()]`.
+    pub fn mlp(&self, x: &Tensor, train: bool) -> Tensor {
         let mut x = x.shallow_clone();
         for (linear, norm) in &self.layers {
             x = x.apply(linear);
@@ -313,6 +336,11 @@ impl Projector {
             }
         }
         x
+    }
+
+    /// `[B, D]` → `[B, dims.last()]`: the embedding layer (if any), then the MLP.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        self.mlp(&self.embed(x), train)
     }
 }
 
@@ -345,11 +373,18 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(device: Device, arch: Arch, in_chans: i64, img_size: i64, drop_path: f64, projector: &[i64]) -> Result<Encoder> {
+        Encoder::with_embedding(device, arch, in_chans, img_size, drop_path, None, projector)
+    }
+
+    /// The same with a linear embedding layer of `embedding_dim` between backbone and projector.
+    pub fn with_embedding(
+        device: Device, arch: Arch, in_chans: i64, img_size: i64, drop_path: f64, embedding_dim: Option<i64>, projector: &[i64],
+    ) -> Result<Encoder> {
         // Initialised on the CPU, then moved: the same seed gives the same weights on every device
         // (CUDA's generator draws other numbers than the CPU's).
         let mut vs = nn::VarStore::new(Device::Cpu);
         let backbone = Backbone::new(&(vs.root() / "backbone"), arch, in_chans, img_size, drop_path)?;
-        let projector = Projector::new(&(vs.root() / "projector"), backbone.embed_dim(), projector)?;
+        let projector = Projector::new(&(vs.root() / "projector"), backbone.embed_dim(), embedding_dim, projector)?;
         vs.set_device(device);
         Ok(Encoder { vs, backbone, projector })
     }

@@ -115,6 +115,10 @@ pub struct Config {
     pub arch: String,
     /// Projector widths: Linear-BN-ReLU for all but the last, which is a plain Linear.
     pub projector: Vec<i64>,
+    /// A plain Linear of this width between backbone and projector (the official recipes: 512); the
+    /// online probe then reads its output, as MINIMAL.md's does.
+    #[serde(default)]
+    pub embedding_dim: Option<i64>,
     pub epochs: usize,
     /// Stop after this many optimizer steps (the schedule still spans `epochs`).
     pub max_steps: Option<u64>,
@@ -214,6 +218,7 @@ impl Config {
             data: "fashion-mnist".into(),
             arch: "vit-tiny-patch4-depth6".into(),
             projector: vec![512, 512, 64],
+            embedding_dim: None,
             epochs: 1,
             max_steps: None,
             steps: None,
@@ -290,10 +295,11 @@ impl Config {
                 local_scale: Some([0.5, 0.8]),
                 ..cpu_small
             },
-            // MINIMAL.md's recommended run: 4 same-size views, λ 0.02, projector to 16, lr 2e-3, bs 256; its
-            // cosine ends at an absolute 1e-3 (eta_min), half the peak.
+            // MINIMAL.md's recommended run: 4 same-size views, λ 0.02, timm's 512-d head as the embedding,
+            // projector to 16, lr 2e-3, bs 256; its cosine ends at an absolute 1e-3 (eta_min), half the peak.
             "minimal" => Config {
                 arch: "vit-small-patch8".into(),
+                embedding_dim: Some(512),
                 projector: vec![2048, 2048, 16],
                 epochs: 800,
                 batch_size: 256,
@@ -308,9 +314,11 @@ impl Config {
                 eval_images: None,
                 ..cpu_small
             },
-            // Paper §6.1: 2 global + 6 local views, λ 0.05, AdamW lr 5e-4, wd 5e-2, projector 2048-2048-64.
+            // Paper §6.1: 2 global + 6 local views, λ 0.05, AdamW lr 5e-4, wd 5e-2; the official scripts'
+            // 512-d embedding layer, then the projector 2048-2048-64.
             "paper" => Config {
                 arch: "vit-small-patch16".into(),
+                embedding_dim: Some(512),
                 projector: vec![2048, 2048, 64],
                 epochs: 100,
                 batch_size: 256,
@@ -343,6 +351,7 @@ impl Config {
             let size = if short >= 224 { 224 } else { short / 16 * 16 };
             self = Config {
                 arch: "vit-small-patch16".into(),
+                embedding_dim: Some(512),
                 projector: vec![2048, 2048, 64],
                 precision: Precision::Bf16,
                 batch_size: 256,
@@ -425,6 +434,7 @@ impl Config {
         ensure!(self.epochs >= 1, "epochs must be at least 1");
         ensure!(self.steps != Some(0), "steps must be at least 1");
         ensure!(self.final_probe_images.is_none_or(|n| n >= 2), "final_probe_images must be at least 2 (or unset)");
+        ensure!(self.embedding_dim.is_none_or(|d| d > 0), "embedding_dim must be positive (or unset)");
         ensure!(self.lr > 0.0, "lr must be positive");
         ensure!((0.0..=1.0).contains(&self.lambda), "lambda must lie in [0, 1], got {}", self.lambda);
         ensure!(self.global_views >= 1, "global_views must be at least 1");
@@ -593,6 +603,27 @@ mod tests {
             }
         }
         assert_eq!(default.len(), measured.len());
+    }
+
+    /// The presets named after official recipes are those recipes (values from MINIMAL.md, the paper's §6.1
+    /// and the official launch scripts, as ../shared/reference lists them): a 512-d embedding layer (timm's
+    /// `num_classes=512`, the scripts' `embedding_dim=512`) before the projector, and MINIMAL.md's views,
+    /// blur kernel of 7 and absolute learning-rate floor of 1e-3.
+    #[test]
+    fn the_official_presets_have_the_official_heads_and_views() {
+        let minimal = Config::preset("minimal").unwrap();
+        assert_eq!((minimal.arch.as_str(), minimal.embedding_dim, minimal.projector.as_slice()), ("vit-small-patch8", Some(512), &[2048, 2048, 16][..]));
+        assert_eq!((minimal.lambda, minimal.lr, minimal.batch_size, minimal.drop_path, minimal.weight_decay), (0.02, 2e-3, 256, 0.1, 5e-2));
+        assert!((minimal.lr * minimal.final_lr_ratio - 1e-3).abs() < 1e-15, "CosineAnnealingLR(eta_min=1e-3)");
+        let crop = minimal.multicrop(&dataset_of(128, 3)).unwrap();
+        assert_eq!((crop.global_views, crop.local_views, crop.global.size, crop.global.blur_kernel, crop.global.scale), (4, 0, 128, 7, [0.08, 1.0]));
+        let paper = Config::preset("paper").unwrap();
+        assert_eq!((paper.arch.as_str(), paper.embedding_dim, paper.projector.as_slice()), ("vit-small-patch16", Some(512), &[2048, 2048, 64][..]));
+        assert_eq!((paper.lambda, paper.lr, paper.weight_decay, paper.global_views, paper.local_views), (0.05, 5e-4, 5e-2, 2, 6));
+        // The GPU branch of the fitted default is the paper's recipe, head included.
+        let gpu = Config { device: ComputeDevice::Cuda(0), ..Config::preset("default").unwrap() };
+        let (fitted, _) = gpu.adapted_to(&dataset_of(300, 3));
+        assert_eq!((fitted.embedding_dim, fitted.projector), (paper.embedding_dim, paper.projector));
     }
 
     fn dataset_of(side: usize, channels: usize) -> Dataset {

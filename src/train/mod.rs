@@ -52,15 +52,16 @@ pub struct ForwardOptions<'a> {
     pub group: Option<&'a ProcessGroup>,
 }
 
-/// The LeJEPA forward pass of one batch: views → encoder → projector → the loss terms, and the backbone
-/// features of the global views (for the online probe). Encoder and projector run under bf16 autocast
-/// when asked; the objective is computed in f32 (f64 for an f64 model).
+/// The LeJEPA forward pass of one batch: views → encoder → projector → the loss terms, and what the
+/// online probe reads of the global views (the embedding layer's output where there is one, as in
+/// MINIMAL.md; else the backbone's probe features). Encoder and projector run under bf16 autocast when
+/// asked; the objective is computed in f32 (f64 for an f64 model).
 pub fn lejepa_forward(
     encoder: &Encoder,
     objective: &LeJepaObjective,
     views: &Views,
     options: ForwardOptions,
-) -> Result<(crate::objective::LossTerms, crate::models::Features)> {
+) -> Result<(crate::objective::LossTerms, Tensor)> {
     let n = views.global.size()[0] / views.global_views as i64;
     let autocast = options.bf16.then(|| crate::autocast::Bf16Autocast::new(views.global.device()));
     let global_features = encoder.backbone.forward(views.global, options.train);
@@ -68,12 +69,16 @@ pub fn lejepa_forward(
     if let Some(local) = views.local {
         embeddings.push(encoder.backbone.forward(local, options.train).embedding);
     }
-    let embeddings = Tensor::cat(&embeddings, 0); // [V·N, D], view-major
-    let z = encoder.projector.forward(&embeddings, options.train); // [V·N, K]
+    let embeddings = encoder.projector.embed(&Tensor::cat(&embeddings, 0)); // [V·N, D], view-major
+    let z = encoder.projector.mlp(&embeddings, options.train); // [V·N, K]
     drop(autocast);
+    let probe_features = match encoder.projector.embedding_dim() {
+        Some(_) => embeddings.narrow(0, 0, views.global.size()[0]),
+        None => global_features.probe,
+    };
     let kind = if z.kind() == Kind::Double { Kind::Double } else { Kind::Float };
     let z = z.to_kind(kind).view([-1, n, z.size()[1]]); // [V, N, K]
-    Ok((objective.forward_in_group(&z, views.global_views, options.step, options.group)?, global_features))
+    Ok((objective.forward_in_group(&z, views.global_views, options.step, options.group)?, probe_features))
 }
 
 /// What a run reports at the end (and prints as the last line of stdout with `--json`).
@@ -467,7 +472,9 @@ impl<'a> Run<'a> {
 
         let arch = Arch::from_name(&config.arch)?;
         tch::manual_seed(config.seed as i64);
-        let mut encoder = Encoder::new(device, arch, dataset.channels as i64, crop.global.size as i64, config.drop_path, &config.projector)?;
+        let mut encoder = Encoder::with_embedding(
+            device, arch, dataset.channels as i64, crop.global.size as i64, config.drop_path, config.embedding_dim, &config.projector,
+        )?;
         let f64_model = config.precision == Precision::F64;
         if f64_model {
             encoder.vs.double();
@@ -476,7 +483,7 @@ impl<'a> Run<'a> {
         let labeled = dataset.train.labels.is_some() && !dataset.classes.is_empty();
         let probe = (config.online_probe && labeled).then(|| {
             let mut vs = nn::VarStore::new(Device::Cpu); // initialised on the CPU, as the encoder
-            let probe = LinearProbe::new(&vs.root(), encoder.backbone.probe_dim(), dataset.classes.len() as i64);
+            let probe = LinearProbe::new(&vs.root(), online_probe_dim(&encoder), dataset.classes.len() as i64);
             vs.set_device(device);
             if f64_model {
                 vs.double();
@@ -617,10 +624,10 @@ impl<'a> Run<'a> {
 
     /// The online probe's gradient, on detached global-view features: it learns to read the encoder
     /// without teaching it anything.
-    fn probe_backward(&self, features: &crate::models::Features, targets: Option<&Tensor>, accum: f64) {
+    fn probe_backward(&self, features: &Tensor, targets: Option<&Tensor>, accum: f64) {
         if let (Some((_, probe, _)), Some(targets)) = (&self.state.probe, targets) {
             let kind = if self.config.precision == Precision::F64 { Kind::Double } else { Kind::Float };
-            let logits = probe.forward(&features.probe.detach().to_kind(kind));
+            let logits = probe.forward(&features.detach().to_kind(kind));
             (logits.cross_entropy_for_logits(targets) / accum).backward();
         }
     }
@@ -714,11 +721,18 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Accuracy of the online probe on the evaluation images, backbone in eval mode.
+/// The width of what the online probe reads (see [`lejepa_forward`]).
+fn online_probe_dim(encoder: &Encoder) -> i64 {
+    encoder.projector.embedding_dim().unwrap_or_else(|| encoder.backbone.probe_dim())
+}
+
+/// Accuracy of the online probe on the evaluation images, encoder in eval mode.
 fn probe_accuracy(encoder: &Encoder, probe: &LinearProbe, eval: &Split, crop: &MultiCrop, device: Device) -> Result<Option<f64>> {
+    use crate::eval::FeatureKind;
     let Some(labels) = eval.labels.as_ref().filter(|l| !l.is_empty()) else { return Ok(None) };
-    let features = crate::eval::features(&encoder.backbone, eval, crop, crate::eval::FeatureKind::Probe, device)?;
-    let features = features.to_device(device).to_kind(probe.kind());
+    let kind = if encoder.projector.embedding_dim().is_some() { FeatureKind::Embedding } else { FeatureKind::Probe };
+    let features = crate::eval::features(&encoder.backbone, eval, crop, kind, device)?;
+    let features = tch::no_grad(|| encoder.projector.embed(&features.to_device(device).to_kind(probe.kind())));
     let predicted = tch::no_grad(|| probe.forward(&features).argmax(-1, false).to_device(Device::Cpu));
     let correct = predicted.eq_tensor(&Tensor::from_slice(labels)).sum(Kind::Int64).int64_value(&[]);
     Ok(Some(correct as f64 / labels.len() as f64))
