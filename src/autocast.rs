@@ -3,10 +3,15 @@
 
 use tch::Device;
 
+use std::ffi::c_char;
+
+use crate::distributed::shim_status;
+
+// Each returns null, or a malloc'd message: a C++ exception the shim caught (src/shim/autocast.cpp).
 unsafe extern "C" {
-    fn lejepa_autocast_enter(cuda: i32);
-    fn lejepa_autocast_exit(cuda: i32);
-    fn lejepa_autocast_set_enabled(cuda: i32, enabled: bool) -> bool;
+    fn lejepa_autocast_enter(cuda: i32) -> *mut c_char;
+    fn lejepa_autocast_exit(cuda: i32) -> *mut c_char;
+    fn lejepa_autocast_set_enabled(cuda: i32, enabled: bool, was_enabled: *mut bool) -> *mut c_char;
 }
 
 /// Autocast to bf16 on `device` until dropped.
@@ -15,28 +20,37 @@ pub struct Bf16Autocast {
 }
 
 impl Bf16Autocast {
-    pub fn new(device: Device) -> Bf16Autocast {
+    pub fn new(device: Device) -> anyhow::Result<Bf16Autocast> {
         let cuda = matches!(device, Device::Cuda(_)) as i32;
         // SAFETY: the shim only flips libtorch's thread-local autocast state.
-        unsafe { lejepa_autocast_enter(cuda) };
-        Bf16Autocast { cuda }
+        shim_status(unsafe { lejepa_autocast_enter(cuda) }).map_err(|e| anyhow::anyhow!("bf16 autocast could not start: {e}"))?;
+        Ok(Bf16Autocast { cuda })
     }
 }
 
 impl Drop for Bf16Autocast {
     fn drop(&mut self) {
-        // SAFETY: as above; pairs with the enter in `new`.
-        unsafe { lejepa_autocast_exit(self.cuda) };
+        // SAFETY: as above; pairs with the enter in `new`. A drop cannot return the error: it is told.
+        if let Err(e) = shim_status(unsafe { lejepa_autocast_exit(self.cuda) }) {
+            eprintln!("warning: leaving bf16 autocast failed: {e}");
+        }
     }
 }
 
 /// Runs `f` with CPU autocast off, then restores it: for the operators whose bf16 kernels are
 /// slower than their f32 ones on the CPU (attention; the timings are in BENCHMARKS.md).
 pub fn without_cpu_autocast<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: the shim only flips libtorch's thread-local autocast state; restored below.
-    let was_enabled = unsafe { lejepa_autocast_set_enabled(0, false) };
+    // SAFETY: the shim only flips libtorch's thread-local autocast state; restored below. It has
+    // nothing to fail on; a failure would be a libtorch bug, reported with its message.
+    let set = |enabled: bool| {
+        let mut was_enabled = false;
+        shim_status(unsafe { lejepa_autocast_set_enabled(0, enabled, &mut was_enabled) })
+            .unwrap_or_else(|e| panic!("switching CPU autocast failed: {e}"));
+        was_enabled
+    };
+    let was_enabled = set(false);
     let result = f();
-    unsafe { lejepa_autocast_set_enabled(0, was_enabled) };
+    set(was_enabled);
     result
 }
 

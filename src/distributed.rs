@@ -44,6 +44,11 @@ pub(crate) fn take_string(s: *mut c_char) -> String {
     text
 }
 
+/// A shim's status: null, or a malloc'd message (a C++ exception it caught).
+pub(crate) fn shim_status(error: *mut c_char) -> Result<(), String> {
+    if error.is_null() { Ok(()) } else { Err(take_string(error)) }
+}
+
 /// Calls a shim that writes a new tensor to its out-pointer and returns null, or a malloc'd message.
 pub(crate) fn tensor_from_shim(call: impl FnOnce(*mut *mut C_tensor) -> *mut c_char) -> Result<Tensor, String> {
     let mut out: *mut C_tensor = std::ptr::null_mut();

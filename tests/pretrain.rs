@@ -124,6 +124,43 @@ fn a_run_with_gradient_accumulation_resumes_onto_the_uninterrupted_curve() {
     assert!((whole - reference[0].1).abs() > 1e-6, "two micro-batches of 32 give another objective than one batch of 64 ({whole})");
 }
 
+/// The accumulated gradient is the mean of the micro-batches' gradients, each computed on its own. AdamW's
+/// first moment after step t is 0.1·g_t + 0.9·m_(t−1), so a checkpoint holds the gradient exactly. Run A takes
+/// one step of two micro-batches of 32; run B takes the same two batches as two steps of 32, with an lr so
+/// small (1e-300) that the weights do not move, so its second gradient is taken at the same weights. λ = 0:
+/// SIGReg's directions are drawn per step, so only the invariance term is the same objective in both runs.
+#[test]
+fn the_accumulated_gradient_is_the_mean_of_the_micro_batch_gradients() {
+    let out = scratch("accum-gradient");
+    let fixed = ["--batch-size", "32", "--precision", "f64", "--lambda", "0", "--lr", "1e-300", "--no-online-probe", "--local-views", "2"];
+    let moments = |dir: &str, extra: &[&str]| -> std::collections::HashMap<String, tch::Tensor> {
+        let s = summary(&tiny(&out.join(dir), &[&fixed[..], extra].concat()).output_within(CHILD_DEADLINE));
+        let checkpoint = Path::new(s["run_dir"].as_str().unwrap()).join("checkpoint.safetensors");
+        tch::Tensor::read_safetensors(checkpoint)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(name, t)| name.strip_prefix("adamw.exp_avg.").map(|n| (n.to_string(), t)))
+            .collect()
+    };
+    let accumulated = moments("a", &["--grad-accum", "2", "--max-steps", "1"]);
+    let first = moments("b1", &["--max-steps", "1"]);
+    let second = moments("b2", &["--max-steps", "2"]);
+    assert!(accumulated.len() > 10 && accumulated.len() == first.len(), "{} moments", accumulated.len());
+    let (mut largest, mut worst) = (0.0f64, 0.0f64);
+    for (name, m) in &accumulated {
+        let g = m / 0.1;
+        let g1 = &first[name] / 0.1;
+        let g2 = (&second[name] - &first[name] * 0.9) / 0.1;
+        let mean = (&g1 + &g2) / 2.0;
+        largest = largest.max(mean.abs().max().double_value(&[]));
+        worst = worst.max((&g - &mean).abs().max().double_value(&[]));
+        assert!((&g1 - &g2).abs().max().double_value(&[]) > 0.0 || g1.abs().max().double_value(&[]) == 0.0, "{name}: two batches, one gradient?");
+    }
+    eprintln!("accumulated vs mean of micro-batches: max abs diff {worst:e}, largest gradient {largest:e}");
+    assert!(largest > 1e-3, "the gradients are not all zero: largest {largest}");
+    assert!(worst <= 1e-6 * largest.max(1.0), "accumulated gradient vs the mean of the micro-batches': {worst} (largest {largest})");
+}
+
 #[test]
 fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     let out = scratch("sigint");

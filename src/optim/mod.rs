@@ -14,7 +14,7 @@ unsafe extern "C" {
         params: *mut *mut C_tensor, grads: *const *mut C_tensor, exp_avgs: *mut *mut C_tensor, exp_avg_sqs: *mut *mut C_tensor,
         count: c_int, step: f64, lr: f64, beta1: f64, beta2: f64, weight_decay: f64, eps: f64,
     ) -> *mut c_char;
-    fn lejepa_clear_grad(param: *mut C_tensor);
+    fn lejepa_clear_grad(param: *mut C_tensor) -> *mut c_char;
     fn free(pointer: *mut c_void);
 }
 
@@ -47,9 +47,10 @@ impl AdamW {
     /// Drops the gradients, as torch's `zero_grad(set_to_none=True)` (the reference's and PyTorch's
     /// default): the next backward pass writes fresh gradients instead of adding into zero-filled ones.
     pub fn zero_grad(&mut self) {
-        for (_, p) in &self.params {
-            // SAFETY: `p` is a live tensor; the shim only resets its gradient slot.
-            unsafe { lejepa_clear_grad(p.as_ptr() as *mut C_tensor) };
+        for (name, p) in &self.params {
+            // SAFETY: `p` is a live tensor; the shim only resets its gradient slot (a failure would be a bug).
+            crate::distributed::shim_status(unsafe { lejepa_clear_grad(p.as_ptr() as *mut C_tensor) })
+                .unwrap_or_else(|e| panic!("dropping the gradient of {name} failed: {e}"));
         }
     }
 
@@ -111,5 +112,20 @@ impl AdamW {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A C++ exception in the gradient-clearing shim (here: an undefined tensor) comes back as a Rust panic
+    /// naming the parameter and carrying libtorch's message, not as an abort across the FFI boundary.
+    #[test]
+    fn a_failing_shim_is_a_rust_panic_with_its_message() {
+        let mut optimizer = AdamW { params: vec![("head.weight".into(), Tensor::new())], ..AdamW::new(Vec::new(), 0.0) };
+        let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| optimizer.zero_grad())).expect_err("must fail");
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(message.contains("head.weight") && message.contains("undefined tensor has no gradient"), "{message}");
     }
 }

@@ -29,22 +29,31 @@ char* lejepa_to_device_nonblocking(at::Tensor* host, int device_index, at::Tenso
 
 extern "C" {
 
-int64_t lejepa_cuda_allocated_bytes(int device) {
-  return c10::cuda::CUDACachingAllocator::getDeviceStats(device).allocated_bytes[0].current;  // 0: all pools
+// Each returns null, or a malloc'd message (e.g. a device index the allocator does not know).
+char* lejepa_cuda_allocated_bytes(int device, int64_t* out) {
+  char* error = nullptr;
+  lejepa::guarded(&error, [&] { *out = c10::cuda::CUDACachingAllocator::getDeviceStats(device).allocated_bytes[0].current; });  // 0: all pools
+  return error;
 }
 
-int64_t lejepa_cuda_peak_allocated_bytes(int device) {
-  return c10::cuda::CUDACachingAllocator::getDeviceStats(device).allocated_bytes[0].peak;
+char* lejepa_cuda_peak_allocated_bytes(int device, int64_t* out) {
+  char* error = nullptr;
+  lejepa::guarded(&error, [&] { *out = c10::cuda::CUDACachingAllocator::getDeviceStats(device).allocated_bytes[0].peak; });
+  return error;
 }
 
-void lejepa_cuda_reset_peak(int device) {
-  c10::cuda::CUDACachingAllocator::resetPeakStats(device);
+char* lejepa_cuda_reset_peak(int device) {
+  char* error = nullptr;
+  lejepa::guarded(&error, [&] { c10::cuda::CUDACachingAllocator::resetPeakStats(device); });
+  return error;
 }
 
 // Hands the cached blocks back to the driver (torch.cuda.empty_cache), so that another process on
 // the same GPU (the benchmark's reference) can have them.
-void lejepa_cuda_empty_cache() {
-  c10::cuda::CUDACachingAllocator::emptyCache();
+char* lejepa_cuda_empty_cache() {
+  char* error = nullptr;
+  lejepa::guarded(&error, [&] { c10::cuda::CUDACachingAllocator::emptyCache(); });
+  return error;
 }
 
 }

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <vector>
 
+#include "errors.h"
+
 extern "C" {
 
 // Updates params in place and the moments with them; `step` is the step being taken (1-based,
@@ -38,8 +40,14 @@ char* lejepa_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** e
 
 // param.grad = None (torch's zero_grad(set_to_none=True)): the next backward pass writes a fresh
 // gradient instead of adding into a buffer that zero_grad first had to fill with zeros.
-void lejepa_clear_grad(at::Tensor* param) {
-  param->mutable_grad() = at::Tensor();
+// Returns null, or a malloc'd message the caller frees.
+char* lejepa_clear_grad(at::Tensor* param) {
+  char* error = nullptr;
+  lejepa::guarded(&error, [&] {
+    TORCH_CHECK(param->defined(), "clear_grad: an undefined tensor has no gradient");
+    param->mutable_grad() = at::Tensor();
+  });
+  return error;
 }
 
 }

@@ -28,12 +28,13 @@ pub fn peak_growth(work: impl FnOnce()) -> Option<u64> {
     Some(peak.saturating_sub(before) * 1024)
 }
 
+// Each returns null, or a malloc'd message: a C++ exception the shim caught (src/shim/cuda_memory.cpp).
 #[cfg(lejepa_cuda)]
 unsafe extern "C" {
-    fn lejepa_cuda_allocated_bytes(device: i32) -> i64;
-    fn lejepa_cuda_peak_allocated_bytes(device: i32) -> i64;
-    fn lejepa_cuda_reset_peak(device: i32);
-    fn lejepa_cuda_empty_cache();
+    fn lejepa_cuda_allocated_bytes(device: i32, out: *mut i64) -> *mut std::ffi::c_char;
+    fn lejepa_cuda_peak_allocated_bytes(device: i32, out: *mut i64) -> *mut std::ffi::c_char;
+    fn lejepa_cuda_reset_peak(device: i32) -> *mut std::ffi::c_char;
+    fn lejepa_cuda_empty_cache() -> *mut std::ffi::c_char;
 }
 
 /// Returns the CUDA caching allocator's free blocks to the driver (torch.cuda.empty_cache), for
@@ -41,9 +42,9 @@ unsafe extern "C" {
 pub fn cuda_empty_cache() {
     #[cfg(lejepa_cuda)]
     // SAFETY: frees only blocks no tensor uses.
-    unsafe {
-        lejepa_cuda_empty_cache()
-    };
+    if let Err(e) = crate::distributed::shim_status(unsafe { lejepa_cuda_empty_cache() }) {
+        eprintln!("warning: emptying the CUDA cache failed: {e}");
+    }
 }
 
 /// Peak bytes the CUDA caching allocator handed out during `work`, above those in use before it
@@ -52,15 +53,21 @@ pub fn cuda_empty_cache() {
 pub fn cuda_peak_growth(device: usize, work: impl FnOnce()) -> Option<u64> {
     #[cfg(lejepa_cuda)]
     {
+        use crate::distributed::shim_status;
         let device = device as i32;
-        // SAFETY: reads and resets the allocator's counters for a device index tch has initialised.
-        let before = unsafe {
-            lejepa_cuda_reset_peak(device);
-            lejepa_cuda_allocated_bytes(device)
-        };
+        let (mut before, mut peak) = (0i64, 0i64);
+        // SAFETY: reads and resets the allocator's counters; a device it does not know is an error, not a crash.
+        let counted = shim_status(unsafe { lejepa_cuda_reset_peak(device) })
+            .and_then(|()| shim_status(unsafe { lejepa_cuda_allocated_bytes(device, &mut before) }));
         work();
-        let peak = unsafe { lejepa_cuda_peak_allocated_bytes(device) };
-        Some(peak.saturating_sub(before) as u64)
+        let counted = counted.and_then(|()| shim_status(unsafe { lejepa_cuda_peak_allocated_bytes(device, &mut peak) }));
+        match counted {
+            Ok(()) => Some(peak.saturating_sub(before) as u64),
+            Err(e) => {
+                eprintln!("warning: no CUDA memory figure for cuda:{device}: {e}");
+                None
+            }
+        }
     }
     #[cfg(not(lejepa_cuda))]
     {

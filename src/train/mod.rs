@@ -63,7 +63,7 @@ pub fn lejepa_forward(
     options: ForwardOptions,
 ) -> Result<(crate::objective::LossTerms, Tensor)> {
     let n = views.global.size()[0] / views.global_views as i64;
-    let autocast = options.bf16.then(|| crate::autocast::Bf16Autocast::new(views.global.device()));
+    let autocast = options.bf16.then(|| crate::autocast::Bf16Autocast::new(views.global.device())).transpose()?;
     let global_features = encoder.backbone.forward(views.global, options.train);
     let mut embeddings = vec![global_features.embedding.shallow_clone()];
     if let Some(local) = views.local {
