@@ -151,20 +151,30 @@ impl ProcessGroup {
     pub fn join(launch: &Launch, device: tch::Device) -> Result<ProcessGroup> {
         let backend = CString::new(launch.backend.as_str())?;
         let host = CString::new(launch.master_addr.as_str())?;
-        let mut error = std::ptr::null_mut();
-        // SAFETY: valid C strings; the shim returns null and an error string on failure.
-        let raw = unsafe {
-            lejepa_dist_new(
-                backend.as_ptr(), host.as_ptr(), launch.master_port as c_int, launch.rank as c_int, launch.world as c_int,
-                launch.timeout.as_millis() as i64, &mut error,
-            )
+        let (rank, world, port, timeout) = (launch.rank as c_int, launch.world as c_int, launch.master_port as c_int, launch.timeout);
+        // The rendezvous runs on its own thread: a client whose port is held by some other program connects
+        // and then waits for an answer that never comes (libtorch's store applies no timeout there).
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut error = std::ptr::null_mut();
+            // SAFETY: valid C strings; the shim returns null and an error string on failure.
+            let raw = unsafe { lejepa_dist_new(backend.as_ptr(), host.as_ptr(), port, rank, world, timeout.as_millis() as i64, &mut error) };
+            let outcome = if raw.is_null() { Err(take_string(error)) } else { Ok(raw as usize) }; // an address, to cross threads
+            let _ = sender.send(outcome);
+        });
+        let place = format!("rank {} of {}: could not join the {} group at {}:{}", launch.rank, launch.world, launch.backend, launch.master_addr, launch.master_port);
+        let raw = match receiver.recv_timeout(timeout + Duration::from_secs(5)) {
+            Ok(Ok(raw)) => raw as *mut c_void,
+            Ok(Err(message)) if message.contains("EADDRINUSE") => {
+                bail!("{place}: port {} is in use by another program; choose a free one with --master-port ({message})", launch.master_port)
+            }
+            Ok(Err(message)) => bail!("{place} within {timeout:?}: {message}"),
+            Err(_) => bail!(
+                "{place}: no answer within {timeout:?}. Something accepts connections on port {} but is not rank 0's store \
+                 (another program using the port? choose a free one with --master-port), or rank 0 is not running",
+                launch.master_port
+            ),
         };
-        if raw.is_null() {
-            bail!(
-                "rank {} of {}: could not join the {} group at {}:{} within {:?}: {}",
-                launch.rank, launch.world, launch.backend, launch.master_addr, launch.master_port, launch.timeout, take_string(error)
-            );
-        }
         let device = if launch.backend == "nccl" { device } else { tch::Device::Cpu };
         Ok(ProcessGroup { raw, rank: launch.rank, world: launch.world, device })
     }

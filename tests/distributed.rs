@@ -178,6 +178,65 @@ fn a_distributed_run_resumes_as_a_group_onto_the_uninterrupted_run() {
     assert_same_step(&single, &resumed, "resumed group");
 }
 
+/// A run may resume on another number of processes when the global batch stays the same, and continues
+/// on the uninterrupted curve; another global batch is refused with the batch size that would keep it.
+#[test]
+fn a_run_resumes_on_another_number_of_processes_with_the_same_global_batch() {
+    let arch = "vit-tiny-patch4-depth2";
+    let out = scratch("resume-world");
+    let single = run_dir(&pretrain(arch, 64, &["--max-steps", "4", "--out", out.join("single").to_str().unwrap()]).output_within(CHILD_DEADLINE));
+    let resume = |run: &Path, extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lejepa"));
+        cmd.args(["pretrain", "--resume", run.to_str().unwrap(), "--max-steps", "4", "--json"]).args(extra);
+        cmd
+    };
+    // Two processes of 32 for two steps, then one process.
+    let dist_out = out.join("two-then-one");
+    let first = run_dir(&launch(2, free_port(), |_| pretrain(arch, 32, &["--max-steps", "2", "--out", dist_out.to_str().unwrap()])));
+    let refused = resume(&first, &[]).output_within(CHILD_DEADLINE);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "one process of 32 is another global batch");
+    assert!(stderr.contains("global batch of 64") && stderr.contains("--batch-size 64"), "{stderr}");
+    assert_eq!(losses(&first).len(), 2, "a refused resume leaves the run as it was");
+    let resumed = run_dir(&resume(&first, &["--batch-size", "64"]).output_within(CHILD_DEADLINE));
+    assert_eq!(resumed, first);
+    assert_same_step(&single, &resumed, "two processes resumed as one");
+    // One process of 64 for two steps, then two processes of 32.
+    let one_out = out.join("one-then-two");
+    let first = run_dir(&pretrain(arch, 64, &["--max-steps", "2", "--out", one_out.to_str().unwrap()]).output_within(CHILD_DEADLINE));
+    let resumed = run_dir(&launch(2, free_port(), |_| resume(&first, &["--batch-size", "32"])));
+    assert_same_step(&single, &resumed, "one process resumed as two");
+}
+
+/// A master port held by another program: rank 0 says the port is in use, the other ranks (which reach
+/// that program instead of rank 0's store) stop after the timeout instead of waiting for ever.
+#[test]
+fn a_master_port_in_use_is_a_clear_error_on_every_rank() {
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let out = scratch("port-in-use");
+    let started = Instant::now();
+    let ranks: Vec<Child> = (0..2)
+        .map(|rank| {
+            pretrain("vit-tiny-patch4-depth2", 32, &["--max-steps", "1", "--out", out.to_str().unwrap(), "--dist-timeout", "5"])
+                .args(["--nodes", "2", "--rank", &rank.to_string(), "--master-port", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, child) in ranks.into_iter().enumerate() {
+        let output = common::wait_within(child, CHILD_DEADLINE, &format!("rank {rank}"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "rank {rank} must fail: {stderr}");
+        let expected = if rank == 0 { "is in use by another program" } else { "no answer within" };
+        assert!(stderr.contains(expected) && stderr.contains("--master-port"), "rank {rank}: {stderr}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(60), "both ranks stop soon after the 5 s timeout: {:?}", started.elapsed());
+    drop(squatter);
+}
+
 #[test]
 fn when_a_rank_dies_the_others_stop_with_a_clear_message() {
     let out = scratch("dies");

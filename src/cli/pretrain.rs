@@ -48,16 +48,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let mut config = match &args.resume {
+    let (mut config, saved) = match &args.resume {
         Some(dir) => {
             let path = dir.join("config.toml");
             let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read the run's config", path.display()))?;
             let saved: Config = toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
-            let resolved = args.config.resolve_over(saved.clone())?;
-            check_resumable(&saved, &resolved, dir)?;
-            resolved
+            (args.config.resolve_over(saved.clone())?, Some(saved))
         }
-        None => args.config.resolve()?,
+        None => (args.config.resolve()?, None),
     };
     if let Some(out) = &args.out {
         config.out = out.clone();
@@ -66,6 +64,10 @@ pub fn run(args: Args) -> Result<()> {
         args.world_size, args.rank, args.master_addr.clone(), args.master_port, config.device.is_cuda(),
         Duration::from_secs(args.dist_timeout),
     )?;
+    if let (Some(dir), Some(saved)) = (&args.resume, &saved) {
+        let world = launch.as_ref().map_or(1, |l| l.world);
+        check_resumable(saved, &config, processes_of(dir)?, world, dir)?;
+    }
     let group = match &launch {
         Some(launch) => {
             eprintln!("rank {} of {}: joining the {} group at {}:{}", launch.rank, launch.world, launch.backend, launch.master_addr, launch.master_port);
@@ -260,17 +262,43 @@ fn agree_on_config(group: &crate::distributed::ProcessGroup, config: &Config) ->
     Ok(())
 }
 
+/// How many processes trained the run in `dir` last (its meta.json).
+fn processes_of(dir: &std::path::Path) -> Result<usize> {
+    let path = dir.join("meta.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read the run's record", path.display()))?;
+    let meta: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    meta["processes"].as_u64().map(|n| n as usize).with_context(|| format!("{}: no \"processes\" count", path.display()))
+}
+
 /// Refuses a resume whose flags change the run itself (the learning rate, the views, …), naming each key.
-fn check_resumable(saved: &Config, resolved: &Config, dir: &std::path::Path) -> Result<()> {
-    let (allowed, refused) = config_changes(saved, resolved, RESUMABLE_CHANGES)?;
+/// The number of processes may change when the global batch (processes × batch size) stays the same: the
+/// steps are then the same steps (tests/distributed.rs); another global batch would be another run.
+fn check_resumable(saved: &Config, resolved: &Config, saved_world: usize, world: usize, dir: &std::path::Path) -> Result<()> {
+    let (global, new_global) = (saved.batch_size * saved_world, resolved.batch_size * world);
+    if new_global != global {
+        let fix = if global % world == 0 { format!("give --batch-size {} to continue it on {world}", global / world) } else {
+            format!("{global} images do not split evenly over {world} processes")
+        };
+        anyhow::bail!(
+            "--resume {}: the run trained on a global batch of {global} ({saved_world} process(es) × {}); this start would \
+             take {new_global} ({world} × {}), which makes it another run: {fix}",
+            dir.display(), saved.batch_size, resolved.batch_size
+        );
+    }
+    let same_batch = Config { batch_size: saved.batch_size, ..resolved.clone() };
+    let (allowed, refused) = config_changes(saved, &same_batch, RESUMABLE_CHANGES)?;
     anyhow::ensure!(
         refused.is_empty(),
         "--resume {}: these settings differ from the run's config.toml: {}. A resumed run continues the same run; \
-         start a new run to change them (changes allowed on resume: {})",
+         start a new run to change them (changes allowed on resume: {}, and the number of processes with the batch \
+         size that keeps the global batch)",
         dir.display(), refused.join(", "), RESUMABLE_CHANGES.join(", ")
     );
     if !allowed.is_empty() {
         eprintln!("resuming with {}", allowed.join(", "));
+    }
+    if world != saved_world {
+        eprintln!("resuming on {world} process(es) of {} images (was {saved_world} of {}): the same global batch of {global}", resolved.batch_size, saved.batch_size);
     }
     Ok(())
 }
