@@ -48,18 +48,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (mut config, saved) = match &args.resume {
-        Some(dir) => {
-            let path = dir.join("config.toml");
-            let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read the run's config", path.display()))?;
-            let saved: Config = toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
-            (args.config.resolve_over(saved.clone())?, Some(saved))
-        }
-        None => (args.config.resolve()?, None),
-    };
-    if let Some(out) = &args.out {
-        config.out = out.clone();
-    }
+    let (mut config, saved) = resolve_config(&args)?;
     let launch = Launch::resolve(
         args.world_size, args.rank, args.master_addr.clone(), args.master_port, config.device.is_cuda(),
         Duration::from_secs(args.dist_timeout),
@@ -68,21 +57,9 @@ pub fn run(args: Args) -> Result<()> {
         let world = launch.as_ref().map_or(1, |l| l.world);
         check_resumable(saved, &config, processes_of(dir)?, world, dir)?;
     }
-    let group = match &launch {
-        Some(launch) => {
-            eprintln!("rank {} of {}: joining the {} group at {}:{}", launch.rank, launch.world, launch.backend, launch.master_addr, launch.master_port);
-            // A collective that fails inside a model's forward (SyncBatchNorm) panics: print it as
-            // the one-line error it is, not as a crash report.
-            std::panic::set_hook(Box::new(|info| {
-                let message = info.payload().downcast_ref::<String>().map(String::as_str)
-                    .or_else(|| info.payload().downcast_ref::<&str>().copied()).unwrap_or("panic");
-                eprintln!("error: {message}");
-            }));
-            Some(Arc::new(ProcessGroup::join(launch, config.device.into())?))
-        }
-        None => None,
-    };
+    let group = join_group(launch.as_ref(), &config)?;
     let leader = group.as_ref().is_none_or(|g| g.rank == 0);
+    let world = group.as_ref().map_or(1, |g| g.world);
     let dataset = args.config.data.open(&config.data)?;
     if args.resume.is_none() {
         // The default preset is fitted to the images and the device; say what was chosen.
@@ -100,38 +77,10 @@ pub fn run(args: Args) -> Result<()> {
         agree_on_config(group, &config)?;
     }
     if leader {
-        eprintln!(
-            "pretraining {} on {} ({} training images, {} classes), λ {}, batch {} × {} views{}",
-            config.arch,
-            dataset.spec,
-            dataset.train.len(),
-            dataset.classes.len(),
-            config.lambda,
-            config.batch_size,
-            config.global_views + config.local_views,
-            group.as_ref().map_or(String::new(), |g| format!(" per process, {} processes", g.world)),
-        );
-    }
-    if leader && config.precision == Precision::Bf16 && config.device == ComputeDevice::Cpu {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        if !cpuinfo.is_empty() && !crate::autocast::cpu_has_bf16_units(&cpuinfo) {
-            eprintln!("warning: this CPU has no bf16 units (avx512_bf16 or amx_bf16); libtorch emulates bf16 here, and \
-                       --precision bf16 runs about 3× slower than f32 (BENCHMARKS.md); for the cpu-hour preset use \
-                       --precision f32 --epochs 4");
-        }
-    }
-    // SIGReg is the Epps–Pulley statistic times the batch N it sees, the invariance term a mean: their balance is
-    // set by about N·λ, not λ (RESULTS.md, "λ is a weight per batch size": at N·λ 0.64 the projector's outputs
-    // stayed on one or two directions; at 2.56, from batch 128 or 512 alike, they spread).
-    let sigreg_batch = config.batch_size * group.as_ref().map_or(1, |g| g.world);
-    let balance = sigreg_batch as f64 * config.lambda;
-    if leader && balance < 1.0 {
-        eprintln!("warning: N·λ = {balance:.2} (SIGReg's batch {sigreg_batch} × λ {}) is below 1: SIGReg's weight against \
-                   the invariance term is about N·λ, and this project's runs at N·λ 0.64 narrowed the embedding to one or \
-                   two directions; raise λ as the batch shrinks (docs/configuration.md, \"Choosing λ with the batch size\")", config.lambda);
+        announce(&config, &dataset, world);
     }
     // Checked before a run directory is made, so that a refused start leaves nothing behind.
-    steps_per_epoch(&config, dataset.train.len(), group.as_ref().map_or(1, |g| g.world))?;
+    steps_per_epoch(&config, dataset.train.len(), world)?;
     let (run_dir, resume) = match &args.resume {
         Some(dir) => (dir.clone(), true),
         None => {
@@ -147,16 +96,98 @@ pub fn run(args: Args) -> Result<()> {
     if !leader {
         return Ok(());
     }
+    let (final_probe, health) = evaluate_finished_run(&config, &summary, &dataset)?;
+    if args.json {
+        let mut value = serde_json::to_value(&summary)?;
+        value["final_probe"] = serde_json::to_value(&final_probe)?;
+        value["health"] = serde_json::to_value(&health)?;
+        println!("{value}");
+    } else {
+        print_report(&config, &summary, &dataset, final_probe.as_ref(), health.as_ref())?;
+    }
+    Ok(())
+}
+
+/// The run's configuration: a resumed run's config.toml with the flags laid over it (and that saved
+/// config, to check the changes against), or preset + file + flags.
+fn resolve_config(args: &Args) -> Result<(Config, Option<Config>)> {
+    let (mut config, saved) = match &args.resume {
+        Some(dir) => {
+            let path = dir.join("config.toml");
+            let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read the run's config", path.display()))?;
+            let saved: Config = toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
+            (args.config.resolve_over(saved.clone())?, Some(saved))
+        }
+        None => (args.config.resolve()?, None),
+    };
+    if let Some(out) = &args.out {
+        config.out = out.clone();
+    }
+    Ok((config, saved))
+}
+
+/// Joins the process group when this is one of several processes.
+fn join_group(launch: Option<&Launch>, config: &Config) -> Result<Option<Arc<ProcessGroup>>> {
+    let Some(launch) = launch else { return Ok(None) };
+    eprintln!("rank {} of {}: joining the {} group at {}:{}", launch.rank, launch.world, launch.backend, launch.master_addr, launch.master_port);
+    // A collective that fails inside a model's forward (SyncBatchNorm) panics: print it as
+    // the one-line error it is, not as a crash report.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info.payload().downcast_ref::<String>().map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied()).unwrap_or("panic");
+        eprintln!("error: {message}");
+    }));
+    Ok(Some(Arc::new(ProcessGroup::join(launch, config.device.into())?)))
+}
+
+/// What is about to be trained, and the warnings worth reading before the first step.
+fn announce(config: &Config, dataset: &crate::data::Dataset, world: usize) {
+    eprintln!(
+        "pretraining {} on {} ({} training images, {} classes), λ {}, batch {} × {} views{}",
+        config.arch,
+        dataset.spec,
+        dataset.train.len(),
+        dataset.classes.len(),
+        config.lambda,
+        config.batch_size,
+        config.global_views + config.local_views,
+        if world > 1 { format!(" per process, {world} processes") } else { String::new() },
+    );
+    if config.precision == Precision::Bf16 && config.device == ComputeDevice::Cpu {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        if !cpuinfo.is_empty() && !crate::autocast::cpu_has_bf16_units(&cpuinfo) {
+            eprintln!("warning: this CPU has no bf16 units (avx512_bf16 or amx_bf16); libtorch emulates bf16 here, and \
+                       --precision bf16 runs about 3× slower than f32 (BENCHMARKS.md); for the cpu-hour preset use \
+                       --precision f32 --epochs 4");
+        }
+    }
+    // SIGReg is the Epps–Pulley statistic times the batch N it sees, the invariance term a mean: their balance is
+    // set by about N·λ, not λ (RESULTS.md, "λ is a weight per batch size": at N·λ 0.64 the projector's outputs
+    // stayed on one or two directions; at 2.56, from batch 128 or 512 alike, they spread).
+    let sigreg_batch = config.batch_size * world;
+    let balance = sigreg_batch as f64 * config.lambda;
+    if balance < 1.0 {
+        eprintln!("warning: N·λ = {balance:.2} (SIGReg's batch {sigreg_batch} × λ {}) is below 1: SIGReg's weight against \
+                   the invariance term is about N·λ, and this project's runs at N·λ 0.64 narrowed the embedding to one or \
+                   two directions; raise λ as the batch shrinks (docs/configuration.md, \"Choosing λ with the batch size\")", config.lambda);
+    }
+}
+
+/// After a finished run: the frozen probe next to raw pixels and random init (labeled data, unless turned
+/// off) and the label-free health check, each also written to the run directory.
+fn evaluate_finished_run(
+    config: &Config, summary: &crate::train::Summary, dataset: &crate::data::Dataset,
+) -> Result<(Option<super::probe::Baselines>, Option<crate::diagnostics::Health>)> {
     let labeled = dataset.train.labels.is_some() && dataset.test.labels.is_some() && !dataset.test.is_empty();
     // The trained encoder, loaded once for the probe and the health check.
     let trained_args = ModelArgs::of_run(&summary.run_dir, &config.device.to_string());
-    let trained = if summary.interrupted { None } else { Some(trained_args.load(&dataset, false)?) };
+    let trained = if summary.interrupted { None } else { Some(trained_args.load(dataset, false)?) };
     let final_probe = match (config.final_probe_images, &trained) {
         (Some(images), Some(trained)) if labeled => {
             let test_images = config.eval_images.unwrap_or(usize::MAX);
             eprintln!("final linear probe: this backbone, raw pixels and random init on {} training and {} test images",
                       images.min(dataset.train.len()), test_images.min(dataset.test.len()));
-            let baselines = probe_with_baselines(&trained_args, trained, &dataset, images, test_images)?;
+            let baselines = probe_with_baselines(&trained_args, trained, dataset, images, test_images)?;
             std::fs::write(summary.run_dir.join("final-probe.json"), serde_json::to_string_pretty(&baselines)?)?;
             Some(baselines)
         }
@@ -164,7 +195,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     // The label-free check, on every finished run: what a user without labels has to go by.
     let health = match &trained {
-        Some(trained) => match embedding_health(&trained_args, trained, &summary.run_dir, &dataset) {
+        Some(trained) => match embedding_health(&trained_args, trained, &summary.run_dir, dataset) {
             Ok(health) => {
                 std::fs::write(summary.run_dir.join("health.json"), serde_json::to_string_pretty(&health)?)?;
                 Some(health)
@@ -176,52 +207,53 @@ pub fn run(args: Args) -> Result<()> {
         },
         None => None,
     };
-    if args.json {
-        let mut value = serde_json::to_value(&summary)?;
-        value["final_probe"] = serde_json::to_value(&final_probe)?;
-        value["health"] = serde_json::to_value(&health)?;
-        println!("{value}");
-    } else {
-        println!("run directory: {}", summary.run_dir.display());
-        println!("steps: {}{}", summary.steps, if summary.interrupted { " (interrupted)" } else { "" });
-        if let (Some(first), Some(last)) = (summary.first_loss, summary.final_loss) {
-            println!("loss: {first:.4} → {last:.4}");
-        }
-        if let Some(acc) = summary.probe_accuracy {
-            println!("online linear probe accuracy (test): {:.2}%", 100.0 * acc);
-        }
-        if let Some(b) = &final_probe {
-            println!("frozen linear probe, top-1 on {} test images (fitted on {} training images, the same probe for each row):", b.test_images, b.train_images);
-            println!("  {:<34} {:>6.2}%", format!("this encoder ({})", config.arch), 100.0 * b.backbone);
-            println!("  {:<34} {:>6.2}%", "raw pixels", 100.0 * b.raw_pixels);
-            println!("  {:<34} {:>6.2}%", "the same network at random init", 100.0 * b.random_init);
-        }
-        if let Some(h) = &health {
-            println!(
-                "embedding health (no labels needed; {} training images through the projector, health.json):", h.n
-            );
-            println!("  SIGReg {:.3}   (≈ 1 for N(0, I) outputs, ≈ {:.0} when collapsed; it falls as training goes on)", h.sigreg, crate::diagnostics::collapsed_sigreg(h.n));
-            println!("  effective rank {:.1} of {}   (healthy: a good fraction of {}; near 1: collapsed to a line)", h.effective_rank, h.dim, h.dim);
-            if let (Some(start), Some(end)) = (h.training_sigreg_start, h.training_sigreg_end) {
-                println!("  training SIGReg {start:.3} → {end:.3}");
-            }
-            for warning in &h.warnings {
-                println!("  warning: {warning}");
-            }
-        }
-        let backbone = summary.run_dir.join("backbone.safetensors");
-        let size = std::fs::read_to_string(summary.run_dir.join("augment.toml")).ok()
-            .and_then(|t| toml::from_str::<crate::data::augment::MultiCrop>(&t).ok()).map_or(224, |c| c.global.size);
-        println!("encoder: {} (timm's parameter names); in PyTorch:", backbone.display());
-        println!("  import timm, torch, safetensors.torch");
-        println!("  {}", crate::models::Arch::from_name(&config.arch)?.timm_python(dataset.channels as i64, size as i64));
-        println!("  model.load_state_dict(safetensors.torch.load_file(\"{}\"))", backbone.display());
-        println!("next: lejepa probe --run {} --baseline pixels,random   (all labels)", summary.run_dir.display());
-        println!("      lejepa embed --run {} --out features.npy          (features for your own use)", summary.run_dir.display());
-        println!("      lejepa export --run {} --out my-encoder           (a model folder for timm and the Hugging Face hub)", summary.run_dir.display());
-        println!("      lejepa visualize --run {} --compare-random       (a picture of what it learned)", summary.run_dir.display());
-        println!("checkpoint: {}", summary.checkpoint.display());
+    Ok((final_probe, health))
+}
+
+/// The run's result for a person: loss, probes with their baselines, health, and what to do next.
+fn print_report(
+    config: &Config, summary: &crate::train::Summary, dataset: &crate::data::Dataset,
+    final_probe: Option<&super::probe::Baselines>, health: Option<&crate::diagnostics::Health>,
+) -> Result<()> {
+    println!("run directory: {}", summary.run_dir.display());
+    println!("steps: {}{}", summary.steps, if summary.interrupted { " (interrupted)" } else { "" });
+    if let (Some(first), Some(last)) = (summary.first_loss, summary.final_loss) {
+        println!("loss: {first:.4} → {last:.4}");
     }
+    if let Some(acc) = summary.probe_accuracy {
+        println!("online linear probe accuracy (test): {:.2}%", 100.0 * acc);
+    }
+    if let Some(b) = final_probe {
+        println!("frozen linear probe, top-1 on {} test images (fitted on {} training images, the same probe for each row):", b.test_images, b.train_images);
+        println!("  {:<34} {:>6.2}%", format!("this encoder ({})", config.arch), 100.0 * b.backbone);
+        println!("  {:<34} {:>6.2}%", "raw pixels", 100.0 * b.raw_pixels);
+        println!("  {:<34} {:>6.2}%", "the same network at random init", 100.0 * b.random_init);
+    }
+    if let Some(h) = health {
+        println!(
+            "embedding health (no labels needed; {} training images through the projector, health.json):", h.n
+        );
+        println!("  SIGReg {:.3}   (≈ 1 for N(0, I) outputs, ≈ {:.0} when collapsed; it falls as training goes on)", h.sigreg, crate::diagnostics::collapsed_sigreg(h.n));
+        println!("  effective rank {:.1} of {}   (healthy: a good fraction of {}; near 1: collapsed to a line)", h.effective_rank, h.dim, h.dim);
+        if let (Some(start), Some(end)) = (h.training_sigreg_start, h.training_sigreg_end) {
+            println!("  training SIGReg {start:.3} → {end:.3}");
+        }
+        for warning in &h.warnings {
+            println!("  warning: {warning}");
+        }
+    }
+    let backbone = summary.run_dir.join("backbone.safetensors");
+    let size = std::fs::read_to_string(summary.run_dir.join("augment.toml")).ok()
+        .and_then(|t| toml::from_str::<crate::data::augment::MultiCrop>(&t).ok()).map_or(224, |c| c.global.size);
+    println!("encoder: {} (timm's parameter names); in PyTorch:", backbone.display());
+    println!("  import timm, torch, safetensors.torch");
+    println!("  {}", crate::models::Arch::from_name(&config.arch)?.timm_python(dataset.channels as i64, size as i64));
+    println!("  model.load_state_dict(safetensors.torch.load_file(\"{}\"))", backbone.display());
+    println!("next: lejepa probe --run {} --baseline pixels,random   (all labels)", summary.run_dir.display());
+    println!("      lejepa embed --run {} --out features.npy          (features for your own use)", summary.run_dir.display());
+    println!("      lejepa export --run {} --out my-encoder           (a model folder for timm and the Hugging Face hub)", summary.run_dir.display());
+    println!("      lejepa visualize --run {} --compare-random       (a picture of what it learned)", summary.run_dir.display());
+    println!("checkpoint: {}", summary.checkpoint.display());
     Ok(())
 }
 

@@ -109,55 +109,25 @@ pub fn run(args: Args) -> Result<()> {
         ensure!(!dataset.val.is_empty(), "--eval-split val needs a validation split: add --val-fraction (e.g. 0.1)");
         dataset.test = std::mem::take(&mut dataset.val);
     }
-    let (Some(train_labels), Some(test_labels)) = (&dataset.train.labels, &dataset.test.labels) else {
+    let (Some(train_labels), Some(test_labels)) = (dataset.train.labels.clone(), dataset.test.labels.clone()) else {
         anyhow::bail!("{}: probing needs labels on both the train and the evaluation split (labels come from class subfolders, folder:PATH/<class>/*.png, or a labels.npy beside images.npy; without labels, `lejepa embed` + `lejepa diagnose` check a run)", dataset.spec);
     };
     ensure!(!dataset.test.is_empty(), "{}: the evaluation split is empty", dataset.spec);
     let classes = dataset.classes.len();
     let settings = ProbeSettings { epochs: args.epochs, batch_size: args.batch_size, lr: args.lr, weight_decay: args.weight_decay, seed: 0 };
 
-    // Each row: a name and its (train, test) features, computed once.
-    let mut rows: Vec<(String, Tensor, Tensor)> = Vec::new();
     let features_read = args.features.unwrap_or(match args.method {
         Method::Linear => Features::LastTwo,
         Method::Knn => Features::Embedding,
     });
-    let kind = match features_read {
-        Features::LastTwo => FeatureKind::Probe,
-        Features::Embedding => FeatureKind::Embedding,
-    };
-    let mut sources: Vec<(String, bool)> = Vec::new();
-    if args.model.has_model() {
-        sources.push((args.model.name(), false));
-    }
-    if args.baseline.contains(&Baseline::Random) {
-        sources.push(("random init".into(), true));
-    }
-    let mut preprocessing = None;
-    for (name, random) in sources {
-        let model = args.model.load(&dataset, random)?;
-        if preprocessing.is_none() {
-            println!("preprocessing: {}", model.preprocessing());
-            preprocessing = Some(model.preprocessing());
-        }
-        let (train, test) = (fit_channels(&dataset.train, &model), fit_channels(&dataset.test, &model));
-        let backbone = &model.encoder.backbone;
-        rows.push((name, features(backbone, &train, &model.crop, kind, model.device)?, features(backbone, &test, &model.crop, kind, model.device)?));
-    }
-    if args.baseline.contains(&Baseline::Pixels) {
-        let (width, height) = dataset.train.dimensions(0);
-        let mut crop = crate::data::augment::MultiCrop::lejepa(width.min(height), 1, 1, 0);
-        dataset.decode_at(crop.global.size);
-        (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, dataset.channels)?;
-        rows.push(("raw pixels".into(), pixel_features(&dataset.train, &crop)?, pixel_features(&dataset.test, &crop)?));
-    }
+    let (rows, preprocessing) = feature_rows(&args, &mut dataset, features_read)?;
 
     let evaluate = |train: &Tensor, labels: &[i64], test: &Tensor, seed: u64| -> Result<Scores> {
         let predicted = match args.method {
             Method::Linear => linear_probe(train, labels, test, classes, ProbeSettings { seed, ..settings })?,
             Method::Knn => knn(train, labels, test, classes, args.k, args.temperature)?,
         };
-        Ok(scores(&predicted, test_labels, classes))
+        Ok(scores(&predicted, &test_labels, classes))
     };
 
     let mut report = BTreeMap::new();
@@ -167,12 +137,12 @@ pub fn run(args: Args) -> Result<()> {
         let mut per_shot = serde_json::Map::new();
         for shots in &args.shots {
             let runs: Vec<Scores> = if shots == "all" {
-                vec![evaluate(train, train_labels, test, 0)?]
+                vec![evaluate(train, &train_labels, test, 0)?]
             } else {
                 let k: usize = shots.parse().map_err(|_| anyhow::anyhow!("--shots: '{shots}' is neither a number nor 'all'"))?;
                 (0..args.seeds)
                     .map(|seed| {
-                        let chosen = few_shot_indices(train_labels, classes, k, seed);
+                        let chosen = few_shot_indices(&train_labels, classes, k, seed);
                         let index = Tensor::from_slice(&chosen.iter().map(|&i| i as i64).collect::<Vec<_>>());
                         let labels: Vec<i64> = chosen.iter().map(|&i| train_labels[i]).collect();
                         evaluate(&train.index_select(0, &index), &labels, test, seed)
@@ -203,6 +173,43 @@ pub fn run(args: Args) -> Result<()> {
         println!("{output}");
     }
     Ok(())
+}
+
+/// Each row of the report: a name and its (train, test) features, computed once: the model's, then the
+/// baselines asked for. Also the model's preprocessing, as printed.
+fn feature_rows(args: &Args, dataset: &mut crate::data::Dataset, read: Features) -> Result<(Vec<(String, Tensor, Tensor)>, Option<super::model_args::Preprocessing>)> {
+    let kind = match read {
+        Features::LastTwo => FeatureKind::Probe,
+        Features::Embedding => FeatureKind::Embedding,
+    };
+    let mut rows: Vec<(String, Tensor, Tensor)> = Vec::new();
+    let mut sources: Vec<(String, bool)> = Vec::new();
+    if args.model.has_model() {
+        sources.push((args.model.name(), false));
+    }
+    if args.baseline.contains(&Baseline::Random) {
+        sources.push(("random init".into(), true));
+    }
+    let mut preprocessing = None;
+    for (name, random) in sources {
+        let model = args.model.load(dataset, random)?;
+        if preprocessing.is_none() {
+            println!("preprocessing: {}", model.preprocessing());
+            preprocessing = Some(model.preprocessing());
+        }
+        let (train, test) = (fit_channels(&dataset.train, &model), fit_channels(&dataset.test, &model));
+        let backbone = &model.encoder.backbone;
+        rows.push((name, features(backbone, &train, &model.crop, kind, model.device)?, features(backbone, &test, &model.crop, kind, model.device)?));
+    }
+    if args.baseline.contains(&Baseline::Pixels) {
+        let (width, height) = dataset.train.dimensions(0);
+        let mut crop = crate::data::augment::MultiCrop::lejepa(width.min(height), 1, 1, 0);
+        dataset.decode_at(crop.global.size);
+        (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, dataset.channels)?;
+        rows.push(("raw pixels".into(), pixel_features(&dataset.train, &crop)?, pixel_features(&dataset.test, &crop)?));
+    }
+
+    Ok((rows, preprocessing))
 }
 
 /// The frozen linear probe of a run's backbone next to its two baselines, with one protocol on

@@ -213,6 +213,7 @@ fn default_true() -> bool {
 pub const PRESETS: &[&str] = &["default", "cpu-small", "cpu-hour", "cpu-hour-resnet", "minimal", "paper"];
 
 impl Config {
+    /// The named preset. Long by design: a table with one literal per preset, each read on its own.
     pub fn preset(name: &str) -> Result<Config> {
         let cpu_small = Config {
             data: "fashion-mnist".into(),
