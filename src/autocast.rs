@@ -5,7 +5,7 @@ use tch::Device;
 
 use std::ffi::c_char;
 
-use crate::distributed::shim_status;
+use crate::ffi::shim_status;
 
 // Each returns null, or a malloc'd message: a C++ exception the shim caught (src/shim/autocast.cpp).
 unsafe extern "C" {

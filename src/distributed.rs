@@ -15,49 +15,23 @@
 //! the same on every rank). Backward through S = Σ_q s_q hands rank q the gradient Σ_r ∂ℓ_r/∂S, so
 //! (1/W) Σ_q ∇θ on rank q = ∇θ L exactly.
 
-use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::ffi::{CString, c_char, c_int, c_void};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use tch::{Kind, Tensor, nn};
 use torch_sys::C_tensor;
 
+use crate::ffi::take_string;
+
 unsafe extern "C" {
     fn lejepa_dist_new(backend: *const c_char, host: *const c_char, port: c_int, rank: c_int, world: c_int, timeout_ms: i64, error: *mut *mut c_char) -> *mut c_void;
     fn lejepa_dist_free(group: *mut c_void);
-    fn lejepa_dist_free_string(s: *mut c_char);
     fn lejepa_dist_all_reduce(group: *mut c_void, tensor: *mut C_tensor, error: *mut *mut c_char) -> c_int;
     fn lejepa_dist_broadcast(group: *mut c_void, tensor: *mut C_tensor, root: c_int, error: *mut *mut c_char) -> c_int;
     fn lejepa_dist_all_reduce_autograd(group: *mut c_void, x: *mut C_tensor, error: *mut *mut c_char) -> *mut C_tensor;
     fn lejepa_dist_store_set(group: *mut c_void, key: *const c_char, value: *const c_char, error: *mut *mut c_char) -> c_int;
     fn lejepa_dist_store_get(group: *mut c_void, key: *const c_char, value: *mut *mut c_char, error: *mut *mut c_char) -> c_int;
-}
-
-/// Takes a string the shim malloc'd.
-pub(crate) fn take_string(s: *mut c_char) -> String {
-    if s.is_null() {
-        return "unknown error".into();
-    }
-    // SAFETY: the shim hands out NUL-terminated malloc'd strings and we free each once.
-    let text = unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned();
-    unsafe { lejepa_dist_free_string(s) };
-    text
-}
-
-/// A shim's status: null, or a malloc'd message (a C++ exception it caught).
-pub(crate) fn shim_status(error: *mut c_char) -> Result<(), String> {
-    if error.is_null() { Ok(()) } else { Err(take_string(error)) }
-}
-
-/// Calls a shim that writes a new tensor to its out-pointer and returns null, or a malloc'd message.
-pub(crate) fn tensor_from_shim(call: impl FnOnce(*mut *mut C_tensor) -> *mut c_char) -> Result<Tensor, String> {
-    let mut out: *mut C_tensor = std::ptr::null_mut();
-    let error = call(&mut out);
-    if !error.is_null() {
-        return Err(take_string(error));
-    }
-    // SAFETY: on success the shim handed over a new at::Tensor, owned from here on.
-    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 /// Who this process is and where the group meets: flags, else torchrun's environment variables.

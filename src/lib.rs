@@ -7,6 +7,7 @@ pub mod diagnostics;
 pub mod distributed;
 pub mod eval;
 pub mod export;
+pub mod ffi;
 pub mod mkl_dispatch;
 pub mod models;
 pub mod npy;

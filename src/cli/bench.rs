@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::augment::MultiCrop;
 use crate::data::loader::{Loader, LoaderConfig};
-use crate::distributed::take_string;
+use crate::ffi::take_string;
 use crate::models::{Arch, Encoder};
 use crate::objective::LeJepaObjective;
 use crate::optim::{AdamW, trainable};

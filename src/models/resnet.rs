@@ -198,6 +198,6 @@ unsafe extern "C" {
 /// network, which is faster on the CPU (BENCHMARKS.md); the values are the same.
 fn channels_last(images: &Tensor) -> Tensor {
     // SAFETY: `images` is a live tensor for the call.
-    crate::distributed::tensor_from_shim(|out| unsafe { lejepa_channels_last(images.as_ptr() as *mut C_tensor, out) })
+    crate::ffi::tensor_from_shim(|out| unsafe { lejepa_channels_last(images.as_ptr() as *mut C_tensor, out) })
         .unwrap_or_else(|e| panic!("channels-last copy failed: {e}"))
 }

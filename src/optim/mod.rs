@@ -4,7 +4,7 @@
 
 pub mod schedule;
 
-use std::ffi::{CStr, c_char, c_int, c_void};
+use std::ffi::{c_char, c_int};
 
 use tch::{Tensor, nn};
 use torch_sys::C_tensor;
@@ -15,7 +15,6 @@ unsafe extern "C" {
         count: c_int, step: f64, lr: f64, beta1: f64, beta2: f64, weight_decay: f64, eps: f64,
     ) -> *mut c_char;
     fn lejepa_clear_grad(param: *mut C_tensor) -> *mut c_char;
-    fn free(pointer: *mut c_void);
 }
 
 /// A store's trainable variables, sorted by name (the order every rank and every checkpoint uses).
@@ -49,7 +48,7 @@ impl AdamW {
     pub fn zero_grad(&mut self) {
         for (name, p) in &self.params {
             // SAFETY: `p` is a live tensor; the shim only resets its gradient slot (a failure would be a bug).
-            crate::distributed::shim_status(unsafe { lejepa_clear_grad(p.as_ptr() as *mut C_tensor) })
+            crate::ffi::shim_status(unsafe { lejepa_clear_grad(p.as_ptr() as *mut C_tensor) })
                 .unwrap_or_else(|e| panic!("dropping the gradient of {name} failed: {e}"));
         }
     }
@@ -80,9 +79,7 @@ impl AdamW {
                 params.as_mut_ptr(), grad_ptrs.as_ptr(), exp_avgs.as_mut_ptr(), exp_avg_sqs.as_mut_ptr(), params.len() as c_int,
                 self.steps as f64, lr, beta1, beta2, self.weight_decay, self.eps,
             );
-            if !error.is_null() {
-                let message = CStr::from_ptr(error).to_string_lossy().into_owned();
-                free(error as *mut c_void);
+            if let Err(message) = crate::ffi::shim_status(error) {
                 panic!("AdamW step failed (parameters, gradients and moments must share kind and device): {message}");
             }
         }

@@ -76,7 +76,7 @@ mod kernel {
     use tch::Tensor;
     use torch_sys::C_tensor;
 
-    use crate::distributed::take_string;
+    use crate::ffi::take_string;
 
     unsafe extern "C" {
         // src/shim/sigreg_cuda.cpp

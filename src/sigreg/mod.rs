@@ -239,7 +239,7 @@ pub fn to_device_nonblocking(host: Tensor, device: tch::Device) -> Tensor {
     match device {
         tch::Device::Cuda(index) => {
             // SAFETY: `host` is a live tensor for the call.
-            let copy = crate::distributed::tensor_from_shim(|out| unsafe { lejepa_to_device_nonblocking(host.as_ptr() as *mut C_tensor, index as i32, out) });
+            let copy = crate::ffi::tensor_from_shim(|out| unsafe { lejepa_to_device_nonblocking(host.as_ptr() as *mut C_tensor, index as i32, out) });
             // Runs check the device at start-up; reaching this is a bug, reported with libtorch's reason.
             copy.unwrap_or_else(|e| panic!("copying to cuda:{index} failed: {e}"))
         }

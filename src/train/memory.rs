@@ -42,7 +42,7 @@ unsafe extern "C" {
 pub fn cuda_empty_cache() {
     #[cfg(lejepa_cuda)]
     // SAFETY: frees only blocks no tensor uses.
-    if let Err(e) = crate::distributed::shim_status(unsafe { lejepa_cuda_empty_cache() }) {
+    if let Err(e) = crate::ffi::shim_status(unsafe { lejepa_cuda_empty_cache() }) {
         eprintln!("warning: emptying the CUDA cache failed: {e}");
     }
 }
@@ -53,7 +53,7 @@ pub fn cuda_empty_cache() {
 pub fn cuda_peak_growth(device: usize, work: impl FnOnce()) -> Option<u64> {
     #[cfg(lejepa_cuda)]
     {
-        use crate::distributed::shim_status;
+        use crate::ffi::shim_status;
         let device = device as i32;
         let (mut before, mut peak) = (0i64, 0i64);
         // SAFETY: reads and resets the allocator's counters; a device it does not know is an error, not a crash.
