@@ -119,6 +119,8 @@ pub struct Trained {
     pub size: Option<usize>,
     /// e.g. "the run's (RUN/augment.toml)".
     pub source: String,
+    /// The run's global-view recipe (augment.toml), where the weights come from a run.
+    pub global_views: Option<crate::data::augment::ViewRecipe>,
 }
 
 /// A frozen backbone ready for a dataset, and the evaluation views that fit it.
@@ -129,6 +131,9 @@ pub struct Model {
     pub device: Device,
     /// Where the normalisation came from (see [`Preprocessing::normalization`]).
     pub normalization: String,
+    /// The augmented views fine-tuning trains on (`probe --method finetune`): the run's global views
+    /// where the weights come from a run, else the paper's recipe, at the evaluation size.
+    pub training_views: crate::data::augment::ViewRecipe,
 }
 
 impl Model {
@@ -245,7 +250,9 @@ impl ModelArgs {
         if let (false, Some((path, tensors))) = (random, weights) {
             encoder.load_backbone_tensors(&path, tensors)?;
         }
-        Ok(Model { encoder, crop, device, normalization })
+        let mut training_views = trained.and_then(|t| t.global_views).unwrap_or_else(|| crop.global.clone());
+        training_views.size = crop.global.size;
+        Ok(Model { encoder, crop, device, normalization, training_views })
     }
 
     /// The backbone file: --weights (a file, or a run or exported folder holding one), else the run's.
@@ -270,7 +277,8 @@ impl ModelArgs {
         if augment.exists() {
             let crop: MultiCrop = toml::from_str(&read(&augment)?).with_context(|| format!("{}: not a view recipe", augment.display()))?;
             let source = format!("the run's ({})", augment.display());
-            return Ok(Some(Trained { mean: crop.mean, std: crop.std, size: Some(crop.global.size), source }));
+            let global_views = Some(crop.global.clone());
+            return Ok(Some(Trained { mean: crop.mean, std: crop.std, size: Some(crop.global.size), source, global_views }));
         }
         for (name, cfg) in [("lejepa.json", "/"), ("config.json", "/pretrained_cfg")] {
             let path = folder.join(name);
@@ -282,7 +290,7 @@ impl ModelArgs {
             let list = |key: &str| -> Option<Vec<f32>> { cfg[key].as_array()?.iter().map(|v| v.as_f64().map(|x| x as f32)).collect() };
             let size = cfg["input_size"].as_array().and_then(|s| s.last()?.as_u64()).map(|s| s as usize);
             if let (Some(mean), Some(std)) = (list("mean"), list("std")) {
-                return Ok(Some(Trained { mean, std, size, source: format!("the weights' ({})", path.display()) }));
+                return Ok(Some(Trained { mean, std, size, source: format!("the weights' ({})", path.display()), global_views: None }));
             }
         }
         Ok(None)

@@ -1,5 +1,6 @@
-//! `lejepa probe`: how good a frozen encoder is, with the paper's protocols, next to the
-//! baselines that give its number a context (raw pixels, the same network at random init).
+//! `lejepa probe`: how good an encoder is, with the paper's protocols (a frozen linear probe, k-NN, or
+//! full fine-tuning), next to the baselines that give its number a context (raw pixels, the same
+//! network at random init).
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,8 @@ use tch::Tensor;
 use super::data_args::DataArgs;
 use super::model_args::{Model, ModelArgs, fit_channels};
 use crate::data::Split;
+use crate::data::Dataset;
+use crate::eval::finetune::{FinetuneSettings, finetune};
 use crate::eval::{FeatureKind, ProbeSettings, Scores, features, few_shot_indices, knn, linear_probe, mean_std, pixel_features, scores};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -18,6 +21,11 @@ enum Method {
     Linear,
     /// Weighted 20-NN on cosine similarity (DINO).
     Knn,
+    /// Full fine-tuning: backbone and a linear head on the pooled embedding trained together with AdamW
+    /// (wd 0.05, lr 1e-3, 30 epochs of batches of 64 unless given, at least 200 steps; warm-up over the first
+    /// tenth of the steps, then cosine to lr/1000), one augmented view per image (the run's global views, else
+    /// the paper's), from the weights each time. The raw-pixel baseline stays a linear probe.
+    Finetune,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -68,18 +76,18 @@ pub struct Args {
     /// Baselines evaluated with the same protocol, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',')]
     baseline: Vec<Baseline>,
-    /// Linear probe: passes over the labeled features.
-    #[arg(long, default_value_t = 100)]
-    epochs: usize,
-    /// Linear probe: peak AdamW learning rate (warm-up, then cosine decay).
-    #[arg(long, default_value_t = 1e-2)]
-    lr: f64,
-    /// Linear probe: AdamW weight decay.
-    #[arg(long, default_value_t = 1e-6)]
-    weight_decay: f64,
-    /// Linear probe: feature vectors per step.
-    #[arg(long, default_value_t = 256)]
-    batch_size: usize,
+    /// Passes over the labeled data [default: 100 for the linear probe, 30 for fine-tuning].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Peak AdamW learning rate, after a warm-up, with cosine decay [default: 1e-2 linear, 1e-3 fine-tuning].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// AdamW weight decay [default: 1e-6 linear, 0.05 fine-tuning].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Samples per step [default: 256 feature vectors linear, 64 images fine-tuning].
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// k-NN: neighbours that vote.
     #[arg(long, default_value_t = 20)]
     k: usize,
@@ -114,41 +122,30 @@ pub fn run(args: Args) -> Result<()> {
     };
     ensure!(!dataset.test.is_empty(), "{}: the evaluation split is empty", dataset.spec);
     let classes = dataset.classes.len();
-    let settings = ProbeSettings { epochs: args.epochs, batch_size: args.batch_size, lr: args.lr, weight_decay: args.weight_decay, seed: 0 };
-
     let features_read = args.features.unwrap_or(match args.method {
         Method::Linear => Features::LastTwo,
-        Method::Knn => Features::Embedding,
+        Method::Knn | Method::Finetune => Features::Embedding,
     });
-    let (rows, preprocessing) = feature_rows(&args, &mut dataset, features_read)?;
-
-    let evaluate = |train: &Tensor, labels: &[i64], test: &Tensor, seed: u64| -> Result<Scores> {
-        let predicted = match args.method {
-            Method::Linear => linear_probe(train, labels, test, classes, ProbeSettings { seed, ..settings })?,
-            Method::Knn => knn(train, labels, test, classes, args.k, args.temperature)?,
-        };
-        Ok(scores(&predicted, &test_labels, classes))
-    };
+    let (rows, preprocessing) = report_rows(&args, &mut dataset, features_read)?;
 
     let mut report = BTreeMap::new();
-    println!("{} on {} ({} train / {} test images, {} classes)", match args.method { Method::Linear => "linear probe", Method::Knn => "k-NN" }, dataset.spec, dataset.train.len(), dataset.test.len(), classes);
+    let title = match args.method { Method::Linear => "linear probe", Method::Knn => "k-NN", Method::Finetune => "fine-tuning" };
+    println!("{title} on {} ({} train / {} test images, {classes} classes)", dataset.spec, dataset.train.len(), dataset.test.len());
     println!("{:<40} {:>6} {:>16} {:>16} {:>16}", "features", "shots", "accuracy %", "balanced acc %", "macro-F1 %");
-    for (name, train, test) in &rows {
+    for (name, row) in &rows {
         let mut per_shot = serde_json::Map::new();
         for shots in &args.shots {
-            let runs: Vec<Scores> = if shots == "all" {
-                vec![evaluate(train, &train_labels, test, 0)?]
+            let draws: Vec<(Option<Vec<usize>>, u64)> = if shots == "all" {
+                vec![(None, 0)]
             } else {
                 let k: usize = shots.parse().map_err(|_| anyhow::anyhow!("--shots: '{shots}' is neither a number nor 'all'"))?;
-                (0..args.seeds)
-                    .map(|seed| {
-                        let chosen = few_shot_indices(&train_labels, classes, k, seed);
-                        let index = Tensor::from_slice(&chosen.iter().map(|&i| i as i64).collect::<Vec<_>>());
-                        let labels: Vec<i64> = chosen.iter().map(|&i| train_labels[i]).collect();
-                        evaluate(&train.index_select(0, &index), &labels, test, seed)
-                    })
-                    .collect::<Result<_>>()?
+                (0..args.seeds).map(|seed| (Some(few_shot_indices(&train_labels, classes, k, seed)), seed)).collect()
             };
+            let mut runs = Vec::new();
+            for (chosen, seed) in draws {
+                let predicted = evaluate(&args, &mut dataset, row, chosen.as_deref(), seed)?;
+                runs.push(scores(&predicted, &test_labels, classes));
+            }
             let summary = summarize(&runs);
             let cell = |key: &str| format!("{:.2} ± {:.2}", 100.0 * summary[key].as_f64().unwrap(), 100.0 * summary[format!("{key}_std")].as_f64().unwrap());
             println!("{:<40} {:>6} {:>16} {:>16} {:>16}", name, shots, cell("accuracy"), cell("balanced_accuracy"), cell("macro_f1"));
@@ -161,7 +158,11 @@ pub fn run(args: Args) -> Result<()> {
     let headline = &report[&rows[0].0][&args.shots[0]];
     let output = json!({
         "data": dataset.spec, "method": format!("{:?}", args.method).to_lowercase(),
-        "features": match features_read { Features::LastTwo => "last-two", Features::Embedding => "embedding" },
+        "features": match (args.method, features_read) {
+            (Method::Finetune, _) => "fine-tuned",
+            (_, Features::LastTwo) => "last-two",
+            (_, Features::Embedding) => "embedding",
+        },
         "accuracy": headline["accuracy"], "balanced_accuracy": headline["balanced_accuracy"], "macro_f1": headline["macro_f1"],
         "shots": report[&rows[0].0], "rows": report, "preprocessing": preprocessing,
     });
@@ -175,14 +176,21 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Each row of the report: a name and its (train, test) features, computed once: the model's, then the
-/// baselines asked for. Also the model's preprocessing, as printed.
-fn feature_rows(args: &Args, dataset: &mut crate::data::Dataset, read: Features) -> Result<(Vec<(String, Tensor, Tensor)>, Option<super::model_args::Preprocessing>)> {
+/// What a row of the report evaluates: fixed features (train, test), or a network fine-tuned afresh for
+/// each draw of labels, from the weights or (`random`) from its random init.
+enum Row {
+    Features { train: Tensor, test: Tensor },
+    Finetune { random: bool },
+}
+
+/// Each row of the report, named: the model's, then the baselines asked for (features computed once). Also
+/// the model's preprocessing, as printed.
+fn report_rows(args: &Args, dataset: &mut Dataset, read: Features) -> Result<(Vec<(String, Row)>, Option<super::model_args::Preprocessing>)> {
     let kind = match read {
         Features::LastTwo => FeatureKind::Probe,
         Features::Embedding => FeatureKind::Embedding,
     };
-    let mut rows: Vec<(String, Tensor, Tensor)> = Vec::new();
+    let mut rows = Vec::new();
     let mut sources: Vec<(String, bool)> = Vec::new();
     if args.model.has_model() {
         sources.push((args.model.name(), false));
@@ -197,19 +205,76 @@ fn feature_rows(args: &Args, dataset: &mut crate::data::Dataset, read: Features)
             println!("preprocessing: {}", model.preprocessing());
             preprocessing = Some(model.preprocessing());
         }
+        if args.method == Method::Finetune {
+            rows.push((name, Row::Finetune { random }));
+            continue;
+        }
         let (train, test) = (fit_channels(&dataset.train, &model), fit_channels(&dataset.test, &model));
         let backbone = &model.encoder.backbone;
-        rows.push((name, features(backbone, &train, &model.crop, kind, model.device)?, features(backbone, &test, &model.crop, kind, model.device)?));
+        let (train, test) = (features(backbone, &train, &model.crop, kind, model.device)?, features(backbone, &test, &model.crop, kind, model.device)?);
+        rows.push((name, Row::Features { train, test }));
     }
     if args.baseline.contains(&Baseline::Pixels) {
         let (width, height) = dataset.train.dimensions(0);
         let mut crop = crate::data::augment::MultiCrop::lejepa(width.min(height), 1, 1, 0);
         dataset.decode_at(crop.global.size);
         (crop.mean, crop.std) = crate::data::channel_stats(&dataset.train, dataset.channels)?;
-        rows.push(("raw pixels".into(), pixel_features(&dataset.train, &crop)?, pixel_features(&dataset.test, &crop)?));
+        let name = if args.method == Method::Finetune { "raw pixels (linear probe)" } else { "raw pixels" };
+        rows.push((name.into(), Row::Features { train: pixel_features(&dataset.train, &crop)?, test: pixel_features(&dataset.test, &crop)? }));
     }
-
     Ok((rows, preprocessing))
+}
+
+/// One evaluation of a row on the training images `chosen` (all when None): the predicted class of each
+/// test image. Features get the linear probe or k-NN (the linear probe under fine-tuning: the pixel row);
+/// a fine-tuning row loads its network afresh and trains it.
+fn evaluate(args: &Args, dataset: &mut Dataset, row: &Row, chosen: Option<&[usize]>, seed: u64) -> Result<Vec<i64>> {
+    let classes = dataset.classes.len();
+    let labels = dataset.train.labels.clone().unwrap_or_default();
+    match row {
+        Row::Features { train, test } => {
+            let (train, labels) = match chosen {
+                Some(chosen) => {
+                    let index = Tensor::from_slice(&chosen.iter().map(|&i| i as i64).collect::<Vec<_>>());
+                    (train.index_select(0, &index), chosen.iter().map(|&i| labels[i]).collect())
+                }
+                None => (train.shallow_clone(), labels),
+            };
+            match args.method {
+                Method::Knn => knn(&train, &labels, test, classes, args.k, args.temperature),
+                Method::Linear => linear_probe(&train, &labels, test, classes, ProbeSettings { seed, ..linear_settings(args) }),
+                Method::Finetune => linear_probe(&train, &labels, test, classes, ProbeSettings { seed, ..ProbeSettings::default() }),
+            }
+        }
+        Row::Finetune { random } => {
+            let model = args.model.load(dataset, *random)?;
+            let train = fit_channels(&dataset.train, &model);
+            let train = chosen.map_or_else(|| train.clone(), |chosen| train.select(chosen));
+            let test = fit_channels(&dataset.test, &model);
+            let defaults = FinetuneSettings::default();
+            let settings = FinetuneSettings {
+                epochs: args.epochs.unwrap_or(defaults.epochs),
+                batch_size: args.batch_size.unwrap_or(defaults.batch_size),
+                lr: args.lr.unwrap_or(defaults.lr),
+                weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
+                seed,
+                workers: 2,
+            };
+            finetune(&model.encoder, &model.training_views, &model.crop, &train, &test, classes, settings, model.device)
+        }
+    }
+}
+
+/// The linear probe's settings: the flags given, else its defaults.
+fn linear_settings(args: &Args) -> ProbeSettings {
+    let defaults = ProbeSettings::default();
+    ProbeSettings {
+        epochs: args.epochs.unwrap_or(defaults.epochs),
+        batch_size: args.batch_size.unwrap_or(defaults.batch_size),
+        lr: args.lr.unwrap_or(defaults.lr),
+        weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
+        seed: 0,
+    }
 }
 
 /// The frozen linear probe of a run's backbone next to its two baselines, with one protocol on

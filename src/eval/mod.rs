@@ -1,6 +1,8 @@
-//! Frozen-backbone evaluation with the paper's protocols: features once, then a linear probe
+//! Evaluation with the paper's protocols. Frozen backbone: features once, then a linear probe
 //! (LayerNorm + Linear, AdamW wd 1e-6, warm-up + cosine), few-shot probes over several seeds, and
-//! DINO's weighted k-NN. Everything here works on feature matrices; it never trains a backbone.
+//! DINO's weighted k-NN, all on feature matrices. Full fine-tuning of the backbone: [`finetune`].
+
+pub mod finetune;
 
 use anyhow::{Result, ensure};
 use rand::SeedableRng;
