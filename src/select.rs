@@ -58,16 +58,18 @@ pub fn read_run(run_dir: &Path) -> Result<RunResult> {
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("probe-") && n.ends_with("-linear.json")))
         .find_map(|p| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(p).ok()?).ok()?["accuracy"].as_f64());
     let online = summary["probe_accuracy"].as_f64();
+    let size = |s: Option<usize>| s.map_or("the default size".to_string(), |s| format!("{s} px"));
+    let scales = |s: Option<[f64; 2]>| s.map_or("the recipe's crops".to_string(), |[low, high]| format!("crops {low}–{high}"));
     let loss_scale = format!(
-        "batch {} × {} views ({} global at {:?} px, scales {:?}; {} local at {:?} px, scales {:?})",
+        "batch {} × {} views ({} global at {}, {}; {} local at {}, {})",
         config.batch_size * config.grad_accum,
         config.global_views + config.local_views,
         config.global_views,
-        config.global_size,
-        config.global_scale,
+        size(config.global_size),
+        scales(config.global_scale),
         config.local_views,
-        config.local_size,
-        config.local_scale
+        size(config.local_size),
+        scales(config.local_scale)
     );
     Ok(RunResult { run_dir: run_dir.to_path_buf(), lambda: config.lambda, final_loss, probe_accuracy: offline.or(online), loss_scale })
 }
