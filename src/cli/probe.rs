@@ -94,6 +94,10 @@ pub struct Args {
     /// k-NN: temperature of the similarity weights exp(cos / T).
     #[arg(long, default_value_t = 0.07)]
     temperature: f64,
+    /// Fine-tuning: save each row's backbone fine-tuned on all labels to DIR/<row>.safetensors (timm's names),
+    /// e.g. to probe a supervised network (`--baseline random`) with the frozen linear probe afterwards.
+    #[arg(long, value_name = "DIR")]
+    save_finetuned: Option<std::path::PathBuf>,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -143,7 +147,8 @@ pub fn run(args: Args) -> Result<()> {
             };
             let mut runs = Vec::new();
             for (chosen, seed) in draws {
-                let predicted = evaluate(&args, &mut dataset, row, chosen.as_deref(), seed)?;
+                let save = args.save_finetuned.as_ref().filter(|_| chosen.is_none()).map(|dir| dir.join(format!("{}.safetensors", file_name(name))));
+                let predicted = evaluate(&args, &mut dataset, row, chosen.as_deref(), seed, save.as_deref())?;
                 runs.push(scores(&predicted, &test_labels, classes));
             }
             let summary = summarize(&runs);
@@ -228,7 +233,7 @@ fn report_rows(args: &Args, dataset: &mut Dataset, read: Features) -> Result<(Ve
 /// One evaluation of a row on the training images `chosen` (all when None): the predicted class of each
 /// test image. Features get the linear probe or k-NN (the linear probe under fine-tuning: the pixel row);
 /// a fine-tuning row loads its network afresh and trains it.
-fn evaluate(args: &Args, dataset: &mut Dataset, row: &Row, chosen: Option<&[usize]>, seed: u64) -> Result<Vec<i64>> {
+fn evaluate(args: &Args, dataset: &mut Dataset, row: &Row, chosen: Option<&[usize]>, seed: u64, save: Option<&std::path::Path>) -> Result<Vec<i64>> {
     let classes = dataset.classes.len();
     let labels = dataset.train.labels.clone().unwrap_or_default();
     match row {
@@ -260,9 +265,21 @@ fn evaluate(args: &Args, dataset: &mut Dataset, row: &Row, chosen: Option<&[usiz
                 seed,
                 workers: 2,
             };
-            finetune(&model.encoder, &model.training_views, &model.crop, &train, &test, classes, settings, model.device)
+            let predicted = finetune(&model.encoder, &model.training_views, &model.crop, &train, &test, classes, settings, model.device)?;
+            if let Some(path) = save {
+                std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
+                model.encoder.save_backbone(path)?;
+                eprintln!("saved the fine-tuned backbone: {}", path.display());
+            }
+            Ok(predicted)
         }
     }
+}
+
+/// A row's name as a file name: "random init" → "random-init", a run's path → its folder's name.
+fn file_name(row: &str) -> String {
+    let last = row.trim_end_matches('/').rsplit('/').next().unwrap_or(row);
+    last.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' }).collect()
 }
 
 /// The linear probe's settings: the flags given, else its defaults.
