@@ -190,6 +190,9 @@ impl ConfigArgs {
         preset.device = given.device;
         let (adapted, mut reasons) = preset.adapted_to(dataset);
         let mut config = self.resolve_over(self.fresh(Config::layered(adapted.clone(), self.config.as_deref())?))?;
+        if self.global_size.is_some() && self.local_size.is_none() && config.local_size == adapted.local_size {
+            config.local_size = None; // a global size given alone: the local views are 3/7 of it, as documented
+        }
         let scales_left_alone = (config.global_scale, config.local_scale) == (adapted.global_scale, adapted.local_scale);
         if let (Some(size), Some(chosen), 2) = (config.global_size, adapted.global_size, reasons.len()) {
             if size != chosen && scales_left_alone {
@@ -319,6 +322,33 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         let config = config.unwrap();
         assert_eq!((config.epochs, config.steps, config.warmup_steps), (2, None, None));
+    }
+
+    /// On larger images the default is fitted (96-px views on a CPU); a global size given alone takes local
+    /// views of 3/7 of it and crops by the same rule, as for any other preset.
+    #[test]
+    fn a_global_size_given_alone_sets_the_local_size_of_the_fitted_default() {
+        let image = || crate::data::Image { width: 300, height: 300, channels: 1, pixels: vec![0; 300 * 300] };
+        let train = crate::data::Split::from_images((0..3).map(|_| image()).collect(), None);
+        let dataset = Dataset {
+            spec: "300px".into(), channels: 1, classes: Vec::new(), train: std::sync::Arc::new(train),
+            val: Default::default(), test: Default::default(), skipped: Vec::new(),
+        };
+        let fitted = |flags: &[&str]| {
+            use clap::Parser;
+            let args = Flags::try_parse_from(std::iter::once("lejepa").chain(flags.iter().copied())).unwrap().config;
+            let (config, _) = args.resolve_for(&dataset).unwrap();
+            config.multicrop(&dataset).unwrap()
+        };
+        let default = fitted(&[]);
+        assert_eq!((default.global.size, default.local.size), (96, crate::data::augment::local_size_for(96, 1)));
+        let larger = fitted(&["--global-size", "128"]);
+        assert_eq!((larger.global.size, larger.local.size), (128, crate::data::augment::local_size_for(128, 1)));
+        assert_eq!(larger.local.size, 55, "3/7 of 128");
+        let (global, local) = crate::train::config::crop_scales_for(128);
+        assert_eq!((larger.global.scale, larger.local.scale), (global, local));
+        let both = fitted(&["--global-size", "128", "--local-size", "48"]);
+        assert_eq!(both.local.size, 48);
     }
 
     /// The domain switches reach both view recipes; on gray images the recipe says that saturation, hue and
