@@ -40,6 +40,8 @@ fn sweep_runs_the_grid_resumes_and_select_ranks() {
 
     let select = lejepa(&["select", out.to_str().unwrap(), "--json", "--plot", out.join("rank.png").to_str().unwrap()]);
     assert!(select.status.success(), "{}", String::from_utf8_lossy(&select.stderr));
+    // Runs of several λ: select says what the selection study found about ranking across λ.
+    assert!(String::from_utf8_lossy(&select.stderr).contains("these runs differ in λ"), "{}", String::from_utf8_lossy(&select.stderr));
     let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&select.stdout).lines().last().unwrap()).unwrap();
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 6);
