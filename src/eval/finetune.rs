@@ -63,7 +63,7 @@ pub fn finetune(
     let loader = Loader::new(Arc::new(train.clone()), Arc::new(crop), config)?;
     // A few-shot set gives one batch an epoch: it still gets enough steps to move the weights and to
     // settle BatchNorm's running statistics, which evaluation reads.
-    let total = ((batches_per_epoch * settings.epochs) as u64).max(MIN_STEPS.min(settings.epochs as u64 * MIN_STEPS));
+    let total = if settings.epochs == 0 { 0 } else { ((batches_per_epoch * settings.epochs) as u64).max(MIN_STEPS) };
     let warmup = (total / 10).max(1);
     for step in 0..total {
         let batch = loader.next();
