@@ -145,6 +145,19 @@ fn probing_without_a_model_or_with_unlabeled_data_says_why() {
     let out = Command::new(env!("CARGO_BIN_EXE_lejepa")).args(["probe", "--data", &data, "--baseline", "pixels"]).output_within(CHILD_DEADLINE);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains(&data) && stderr.contains("needs labels") && stderr.contains("class subfolders"), "{stderr}");
+
+    // --save-finetuned keeps networks fine-tuned on all labels: without fine-tuning, or without `all`, it is refused
+    // before any work, saying what is missing.
+    let save = scratch("save-finetuned");
+    let save = save.to_str().unwrap();
+    for (flags, missing) in [(&["--shots", "all"][..], "--method finetune"), (&["--method", "finetune", "--shots", "5"][..], "add all to --shots")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+            .args(["probe", "--data", "digits", "--baseline", "random", "--save-finetuned", save])
+            .args(flags)
+            .output_within(CHILD_DEADLINE);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(missing), "{flags:?}: {stderr}");
+    }
 }
 
 /// `embed --split all` on a labeled folder: one CSV row per embedding saying which file it is, its

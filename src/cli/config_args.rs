@@ -85,7 +85,7 @@ pub struct ConfigArgs {
     /// Local (small) views per image (V_l).
     #[arg(long)]
     pub local_views: Option<usize>,
-    /// Global view size in pixels (default: the image size, at most 224).
+    /// Global view size in pixels (default: the image size, at most 224; the default preset fits it to larger images, docs/configuration.md).
     #[arg(long)]
     pub global_size: Option<usize>,
     /// Local view size in pixels (default: 3/7 of the global size).

@@ -58,7 +58,7 @@ pub struct Args {
     model: ModelArgs,
     #[command(flatten)]
     data: DataArgs,
-    /// Evaluation protocol: linear (a trained LayerNorm + Linear head) or knn (weighted 20-NN, no training).
+    /// Evaluation protocol: linear (a trained LayerNorm + Linear head), knn (weighted 20-NN, no training) or finetune.
     #[arg(long, value_enum, default_value = "linear")]
     method: Method,
     /// What the probe reads [default: last-two for the linear probe, embedding for k-NN].
@@ -115,6 +115,10 @@ fn summarize(runs: &[Scores]) -> serde_json::Value {
 
 pub fn run(args: Args) -> Result<()> {
     ensure!(args.model.has_model() || !args.baseline.is_empty(), "give --run or --weights (with --arch), or a --baseline");
+    if args.save_finetuned.is_some() {
+        ensure!(args.method == Method::Finetune, "--save-finetuned keeps fine-tuned networks: it needs --method finetune");
+        ensure!(args.shots.iter().any(|s| s == "all"), "--save-finetuned keeps the networks fine-tuned on all labels: add all to --shots");
+    }
     let default_data = args.model.run_config()?.map_or("fashion-mnist".to_string(), |c| c.data);
     let mut dataset = args.data.open(&default_data)?;
     if args.eval_split == EvalSplit::Val {
@@ -247,7 +251,7 @@ fn evaluate(args: &Args, dataset: &mut Dataset, row: &Row, chosen: Option<&[usiz
             };
             match args.method {
                 Method::Knn => knn(&train, &labels, test, classes, args.k, args.temperature),
-                Method::Linear => linear_probe(&train, &labels, test, classes, ProbeSettings { seed, ..linear_settings(args) }),
+                Method::Linear => linear_probe(&train, &labels, test, classes, linear_settings(args, seed)),
                 Method::Finetune => linear_probe(&train, &labels, test, classes, ProbeSettings { seed, ..ProbeSettings::default() }),
             }
         }
@@ -256,15 +260,7 @@ fn evaluate(args: &Args, dataset: &mut Dataset, row: &Row, chosen: Option<&[usiz
             let train = fit_channels(&dataset.train, &model);
             let train = chosen.map_or_else(|| train.clone(), |chosen| train.select(chosen));
             let test = fit_channels(&dataset.test, &model);
-            let defaults = FinetuneSettings::default();
-            let settings = FinetuneSettings {
-                epochs: args.epochs.unwrap_or(defaults.epochs),
-                batch_size: args.batch_size.unwrap_or(defaults.batch_size),
-                lr: args.lr.unwrap_or(defaults.lr),
-                weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
-                seed,
-                workers: 2,
-            };
+            let settings = finetune_settings(args, seed);
             let predicted = finetune(&model.encoder, &model.training_views, &model.crop, &train, &test, classes, settings, model.device)?;
             if let Some(path) = save {
                 std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))?;
@@ -276,21 +272,36 @@ fn evaluate(args: &Args, dataset: &mut Dataset, row: &Row, chosen: Option<&[usiz
     }
 }
 
-/// A row's name as a file name: "random init" → "random-init", a run's path → its folder's name.
+/// A row's name as a file name: "random init" → "random-init", a run's path → its folder's name, a weights
+/// file → its name without `.safetensors`.
 fn file_name(row: &str) -> String {
     let last = row.trim_end_matches('/').rsplit('/').next().unwrap_or(row);
+    let last = last.strip_suffix(".safetensors").unwrap_or(last);
     last.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' }).collect()
 }
 
 /// The linear probe's settings: the flags given, else its defaults.
-fn linear_settings(args: &Args) -> ProbeSettings {
+fn linear_settings(args: &Args, seed: u64) -> ProbeSettings {
     let defaults = ProbeSettings::default();
     ProbeSettings {
         epochs: args.epochs.unwrap_or(defaults.epochs),
         batch_size: args.batch_size.unwrap_or(defaults.batch_size),
         lr: args.lr.unwrap_or(defaults.lr),
         weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
-        seed: 0,
+        seed,
+    }
+}
+
+/// Fine-tuning's settings from the same flags, else its own defaults.
+fn finetune_settings(args: &Args, seed: u64) -> FinetuneSettings {
+    let defaults = FinetuneSettings::default();
+    FinetuneSettings {
+        epochs: args.epochs.unwrap_or(defaults.epochs),
+        batch_size: args.batch_size.unwrap_or(defaults.batch_size),
+        lr: args.lr.unwrap_or(defaults.lr),
+        weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
+        seed,
+        workers: defaults.workers,
     }
 }
 
@@ -340,4 +351,17 @@ pub fn probe_with_baselines(args: &ModelArgs, trained: &Model, dataset: &crate::
         raw_pixels: accuracy(&pixel_features(&train_views, &trained.crop)?, &pixel_features(&test_views, &trained.crop)?)?,
         random_init: probe(&args.load(dataset, true)?)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_name;
+
+    #[test]
+    fn a_rows_file_name_is_its_last_path_part_without_the_weights_extension() {
+        assert_eq!(file_name("random init"), "random-init");
+        assert_eq!(file_name("runs/004-resnet18/"), "004-resnet18");
+        assert_eq!(file_name("/models/dinov2.safetensors"), "dinov2");
+        assert_eq!(file_name("weights/resnet.v2.safetensors"), "resnet.v2");
+    }
 }

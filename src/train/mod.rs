@@ -72,9 +72,9 @@ pub fn lejepa_forward(
     let embeddings = encoder.projector.embed(&Tensor::cat(&embeddings, 0)); // [V·N, D], view-major
     let z = encoder.projector.mlp(&embeddings, options.train); // [V·N, K]
     drop(autocast);
-    let probe_features = match encoder.projector.embedding_dim() {
-        Some(_) => embeddings.narrow(0, 0, views.global.size()[0]),
-        None => global_features.probe,
+    let probe_features = match OnlineProbeInput::of(encoder) {
+        OnlineProbeInput::Embedding(_) => embeddings.narrow(0, 0, views.global.size()[0]),
+        OnlineProbeInput::BackboneProbe(_) => global_features.probe,
     };
     let kind = if z.kind() == Kind::Double { Kind::Double } else { Kind::Float };
     let z = z.to_kind(kind).view([-1, n, z.size()[1]]); // [V, N, K]
@@ -483,7 +483,7 @@ impl<'a> Run<'a> {
         let labeled = dataset.train.labels.is_some() && !dataset.classes.is_empty();
         let probe = (config.online_probe && labeled).then(|| {
             let mut vs = nn::VarStore::new(Device::Cpu); // initialised on the CPU, as the encoder
-            let probe = LinearProbe::new(&vs.root(), online_probe_dim(&encoder), dataset.classes.len() as i64);
+            let probe = LinearProbe::new(&vs.root(), OnlineProbeInput::of(&encoder).dim(), dataset.classes.len() as i64);
             vs.set_device(device);
             if f64_model {
                 vs.double();
@@ -721,18 +721,41 @@ impl<'a> Run<'a> {
     }
 }
 
-/// The width of what the online probe reads (see [`lejepa_forward`]).
-fn online_probe_dim(encoder: &Encoder) -> i64 {
-    encoder.projector.embedding_dim().unwrap_or_else(|| encoder.backbone.probe_dim())
+/// What the online probe reads, decided here only: the embedding layer's output where there is one (as
+/// MINIMAL.md's probe), else the backbone's probe features; each with its width.
+enum OnlineProbeInput {
+    Embedding(i64),
+    BackboneProbe(i64),
+}
+
+impl OnlineProbeInput {
+    fn of(encoder: &Encoder) -> OnlineProbeInput {
+        match encoder.projector.embedding_dim() {
+            Some(dim) => OnlineProbeInput::Embedding(dim),
+            None => OnlineProbeInput::BackboneProbe(encoder.backbone.probe_dim()),
+        }
+    }
+
+    fn dim(&self) -> i64 {
+        match *self {
+            OnlineProbeInput::Embedding(dim) | OnlineProbeInput::BackboneProbe(dim) => dim,
+        }
+    }
 }
 
 /// Accuracy of the online probe on the evaluation images, encoder in eval mode.
 fn probe_accuracy(encoder: &Encoder, probe: &LinearProbe, eval: &Split, crop: &MultiCrop, device: Device) -> Result<Option<f64>> {
     use crate::eval::FeatureKind;
     let Some(labels) = eval.labels.as_ref().filter(|l| !l.is_empty()) else { return Ok(None) };
-    let kind = if encoder.projector.embedding_dim().is_some() { FeatureKind::Embedding } else { FeatureKind::Probe };
-    let features = crate::eval::features(&encoder.backbone, eval, crop, kind, device)?;
-    let features = tch::no_grad(|| encoder.projector.embed(&features.to_device(device).to_kind(probe.kind())));
+    let features = match OnlineProbeInput::of(encoder) {
+        OnlineProbeInput::Embedding(_) => {
+            let pooled = crate::eval::features(&encoder.backbone, eval, crop, FeatureKind::Embedding, device)?;
+            tch::no_grad(|| encoder.projector.embed(&pooled.to_device(device).to_kind(probe.kind())))
+        }
+        OnlineProbeInput::BackboneProbe(_) => crate::eval::features(&encoder.backbone, eval, crop, FeatureKind::Probe, device)?
+            .to_device(device)
+            .to_kind(probe.kind()),
+    };
     let predicted = tch::no_grad(|| probe.forward(&features).argmax(-1, false).to_device(Device::Cpu));
     let correct = predicted.eq_tensor(&Tensor::from_slice(labels)).sum(Kind::Int64).int64_value(&[]);
     Ok(Some(correct as f64 / labels.len() as f64))
