@@ -44,7 +44,8 @@ for ax, study in zip(axes[0], studies):
     minutes = f"{study['adapted_train_seconds'] / 60:.1f} / {study['paper_train_seconds'] / 60:.1f} min"
     print(f"| {study['data']} | " + " | ".join(cells) + f" | {minutes} |")
     if domain:
-        print(f"| {study['data']}, fitted default with the domain switches | {'{:.1f} ({:.1f})'.format(*all_labels(domain, backbone_row(domain)))} | | | {'{:.1f} ({:.1f})'.format(*all_labels(domain, 'random init'))} | | the same 160 steps |")
+        switched, random = rows["fitted + domain switches"], all_labels(domain, "random init")
+        print(f"| {study['data']}, fitted default with the domain switches | {switched[0]:.1f} ({switched[1]:.1f}) | | | {random[0]:.1f} ({random[1]:.1f}) | | the same 160 steps |")
     names = list(rows)
     x = range(len(names))
     ax.bar([i - 0.2 for i in x], [rows[n][0] for n in names], 0.4, label="top-1")
