@@ -126,3 +126,70 @@ fn profiles_show_the_references_matrix_products_less_zero_filling_and_f32_attent
     assert_eq!(product_flops(&ours, "float"), product_flops(&theirs, "float"), "f32 product FLOPs under bf16 autocast");
     assert_eq!(product_flops(&theirs, bf16) - product_flops(&ours, bf16), skipped, "bf16 product FLOPs, ours against the reference's");
 }
+
+/// FLOPs of the paper step's matrix products that PyTorch's FlopCounterMode counts, for `vit-small-patch16`
+/// at batch `b` with 2 global 224-px and 6 local 96-px views, worked out from the shapes by hand:
+/// (the reference's, what lejepa's class-token-only last block leaves out). Forward: the patch
+/// embedding (16×16×3 → 384 per patch), per block and token 12·384² multiply-adds in the linear layers,
+/// per block attention's two T×T×384 products, timm's head (384 → 512), the projector
+/// (512 → 2048 → 2048 → 64) and SIGReg's projection onto 1024 directions. Backward: twice the forward
+/// for each layer (input and weight gradients), once for the patch embedding (the images need no
+/// gradient) and for SIGReg's projection (its directions need none), and for attention 2.5 times
+/// (FlopCounterMode's formula: the scores recomputed, then four products).
+fn paper_vit_small_flops(b: f64) -> (f64, f64) {
+    let (c, depth, directions) = (384.0, 12.0, 1024.0);
+    let (mut linear, mut patch, mut attention, mut skipped_linear, mut skipped_attention) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for (views, size) in [(2.0, 224.0), (6.0, 96.0)] {
+        let patches: f64 = (size / 16.0) * (size / 16.0);
+        let (tokens, images) = (patches + 1.0, views * b);
+        patch += images * 2.0 * patches * 768.0 * c;
+        linear += images * (depth * 24.0 * tokens * c * c + 2.0 * c * 512.0 + 2.0 * (512.0 * 2048.0 + 2048.0 * 2048.0 + 2048.0 * 64.0));
+        attention += images * depth * 4.0 * tokens * tokens * c;
+        // The last block: every token's keys and values, but queries, output projection and MLP for
+        // the class token alone (10 of the 12·384² a token), and attention for its one query.
+        skipped_linear += images * (tokens - 1.0) * 20.0 * c * c;
+        skipped_attention += images * 4.0 * c * tokens * (tokens - 1.0);
+    }
+    let sigreg = 2.0 * 8.0 * b * 64.0 * directions;
+    let reference = 3.0 * linear + 2.0 * patch + 3.5 * attention + 2.0 * sigreg;
+    (reference, 3.0 * skipped_linear + 3.5 * skipped_attention)
+}
+
+#[test]
+fn the_paper_row_times_vit_small_at_the_papers_views_on_both_sides() {
+    let Some(python) = common::python_with("timm, torchvision", "the paper row") else {
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["bench", "--workloads", "paper", "--paper-archs", "vit-small-patch16", "--paper-batch-size", "2"])
+        .args(["--paper-reference", "eager", "--precisions", "f32", "--rounds", "1", "--reps", "1", "--steps", "1", "--json"])
+        .arg("--python")
+        .arg(&python)
+        .output_within(CHILD_DEADLINE);
+    assert!(out.status.success(), "lejepa bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "one row (one arch, one precision, eager only): {rows:?}");
+    let row = &rows[0];
+    assert_eq!(row["workload"], "(e) paper step vit-small-patch16 f32, 2×224 + 6×96 px, batch 2");
+
+    // The reference built the paper's network and views: its FLOPs are those counted from the shapes,
+    // and ours (counted on the reference with our last block) less exactly what that block leaves out.
+    let (expected, skipped) = paper_vit_small_flops(2.0);
+    let (theirs, ours) = (row["reference_flops_per_step"].as_f64().unwrap(), row["ours_flops_per_step"].as_f64().unwrap());
+    assert_eq!(theirs, expected, "the reference's FLOPs of a paper step");
+    assert_eq!(theirs - ours, skipped, "FLOPs our class-token-only last block leaves out");
+    // Both sides ran and were measured: a rate, a memory peak above the step's activations' floor
+    // (2 images' 2 × 197 + 6 × 37 tokens' 384-wide inputs of 12 blocks, f32), a share of the GEMM peak.
+    let floor = 2.0 * (2.0 * 197.0 + 6.0 * 37.0) * 384.0 * 4.0 * 12.0;
+    for side in ["ours", "reference"] {
+        let rate = row[side].as_array().unwrap()[0].as_f64().unwrap();
+        assert!(rate > 0.0 && rate.is_finite(), "{side}: {rate} img/s");
+        let bytes = row[format!("{side}_peak_bytes")].as_f64().unwrap();
+        assert!(bytes > floor, "{side}: peak {bytes} bytes, below the activations' {floor}");
+        let share = row[format!("{side}_peak_fraction")].as_f64().unwrap();
+        assert!(share > 0.0 && share < 1.5, "{side}: {share} of the GEMM peak");
+    }
+}

@@ -24,6 +24,7 @@ import argparse, gzip, json, os, resource, signal, time
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 import timm
 import torchvision
 from torchvision.transforms import v2
@@ -80,6 +81,18 @@ def peak_growth(fn, device="cpu"):
     return growth
 
 
+# FlopCounterMode counts the GPU's fused attention kernels but not the CPU's: the same formulas for those,
+# so that a step's FLOPs (and its share of the GEMM peak) include attention on either device.
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+def cpu_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
+def cpu_attention_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
 def sync(device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -110,22 +123,30 @@ class SIGReg(nn.Module):
         return statistic.mean()
 
 
-def backbone(arch, in_chans, img_size):
-    if arch == "vit":  # lejepa's vit-tiny-patch4-depth6
+def backbone(arch, in_chans, img_size, embedding_dim=0, drop_path=0.0):
+    """lejepa's network of that name in timm; `embedding_dim` > 0 adds timm's linear head (the official
+    recipes' 512-d embedding, lejepa's projector.embedding)."""
+    if arch in ("vit", "vit-tiny-patch4-depth6"):
         return timm.models.vision_transformer.VisionTransformer(
-            img_size=img_size, patch_size=4, in_chans=in_chans, num_classes=0, embed_dim=192, depth=6,
-            num_heads=3, dynamic_img_size=True)
-    model = timm.create_model("resnet18", num_classes=0, in_chans=in_chans)  # lejepa's resnet18-small[-stride2]
-    model.conv1 = nn.Conv2d(in_chans, 64, 3, 2 if arch == "resnet-stride2" else 1, 1, bias=False)
+            img_size=img_size, patch_size=4, in_chans=in_chans, num_classes=embedding_dim, embed_dim=192, depth=6,
+            num_heads=3, dynamic_img_size=True, drop_path_rate=drop_path)
+    if arch == "vit-small-patch16":
+        return timm.create_model("vit_small_patch16_224", img_size=img_size, in_chans=in_chans, num_classes=embedding_dim,
+                                 dynamic_img_size=True, drop_path_rate=drop_path)
+    if arch == "resnet50":
+        return timm.create_model("resnet50", in_chans=in_chans, num_classes=embedding_dim, drop_path_rate=drop_path)
+    # lejepa's resnet18-small[-stride2]: a 3×3 stem, no max-pool
+    model = timm.create_model("resnet18", num_classes=embedding_dim, in_chans=in_chans, drop_path_rate=drop_path)
+    model.conv1 = nn.Conv2d(in_chans, 64, 3, 2 if arch in ("resnet-stride2", "resnet18-small-stride2") else 1, 1, bias=False)
     model.maxpool = nn.Identity()
     return model
 
 
 class LeJEPA(nn.Module):
-    def __init__(self, arch, in_chans, img_size, projector=(512, 512, 64), lamb=0.05, slices=256):
+    def __init__(self, arch, in_chans, img_size, projector=(512, 512, 64), lamb=0.05, slices=256, embedding_dim=0, drop_path=0.0):
         super().__init__()
-        self.backbone = backbone(arch, in_chans, img_size)
-        self.projector = torchvision.ops.MLP(self.backbone.num_features, list(projector), norm_layer=nn.BatchNorm1d)
+        self.backbone = backbone(arch, in_chans, img_size, embedding_dim, drop_path)
+        self.projector = torchvision.ops.MLP(embedding_dim or self.backbone.num_features, list(projector), norm_layer=nn.BatchNorm1d)
         self.sigreg = SIGReg(slices=slices)
         self.lamb = lamb
 
@@ -153,7 +174,7 @@ def class_token_last_block(vit):
         q = torch.nn.functional.linear(h[:, :1], w[:C], b[:C]).reshape(B, 1, heads, C // heads).transpose(1, 2)
         k, v = torch.nn.functional.linear(h, w[C:], b[C:]).reshape(B, T, 2, heads, C // heads).permute(2, 0, 3, 1, 4)
         o = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, C)
-        x = x[:, :1] + block.ls1(attn.proj(o))  # drop_path is 0 in these rows
+        x = x[:, :1] + block.ls1(attn.proj(o))  # no drop path: this block only counts FLOPs
         return x + block.ls2(block.mlp(block.norm2(x)))
 
     block.forward = forward
@@ -161,11 +182,12 @@ def class_token_last_block(vit):
 
 def model_step_bench(a):
     torch.manual_seed(0)
-    model = LeJEPA(a.arch, 1, a.global_size).to(a.device)
+    shape = dict(projector=a.projector, slices=a.slices, embedding_dim=a.embedding_dim, drop_path=a.drop_path)
+    model = LeJEPA(a.arch, a.in_chans, a.global_size, **shape).to(a.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     n = a.batch
-    g = torch.randn(a.global_views * n, 1, a.global_size, a.global_size, device=a.device)
-    l = torch.randn(a.local_views * n, 1, a.local_size, a.local_size, device=a.device) if a.local_views else None
+    g = torch.randn(a.global_views * n, a.in_chans, a.global_size, a.global_size, device=a.device)
+    l = torch.randn(a.local_views * n, a.in_chans, a.local_size, a.local_size, device=a.device) if a.local_views else None
     bf16 = a.precision == "bf16"
 
     def step(i):
@@ -175,24 +197,29 @@ def model_step_bench(a):
         opt.step()
         sync(a.device)
 
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
     if not a.skip_memory:
         measure_settings()
-    with counter:
+    counter = FlopCounterMode(display=False)
+    with counter:  # eager, also with --compile: the same network's FLOPs
         step(0)
-    lejepa_flops = counter.get_total_flops()
-    if a.arch == "vit":  # the same step with lejepa's last block, forward and backward, counted only
-        counting = LeJEPA(a.arch, 1, a.global_size).to(a.device)
+    flops = lejepa_flops = counter.get_total_flops()
+    if a.arch.startswith("vit"):  # the same step with lejepa's last block, forward and backward, counted only
+        counting = LeJEPA(a.arch, a.in_chans, a.global_size, **shape).to(a.device)
         counting.load_state_dict(model.state_dict())
         class_token_last_block(counting.backbone)
-        with torch.no_grad():  # the patched block must compute what timm's computes
+        model.eval(), counting.eval()  # no drop path: the patched block must compute what timm's computes
+        with torch.no_grad():
             same = torch.allclose(counting.backbone(g[:4]), model.backbone(g[:4]), rtol=1e-4, atol=1e-5)
         assert same, "class_token_last_block changed the embedding"
+        model.train(), counting.train()
         with FlopCounterMode(display=False) as lejepa_counter:
             counting.loss(g, l, n, 0, bf16).backward()
         lejepa_flops = lejepa_counter.get_total_flops()
         del counting
+    if a.compile:  # what a performance-minded user tries first: the networks compiled, one graph per crop size
+        model.backbone = torch.compile(model.backbone, dynamic=False)
+        model.projector = torch.compile(model.projector, dynamic=False)
+        step(0)  # compiles the forward and backward graphs of both crop sizes (the warm-up steps below run compiled)
     step(1)
     times = []
     memory = None if a.skip_memory else peak_growth(lambda: step(2), a.device)
@@ -209,7 +236,7 @@ def model_step_bench(a):
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             step(4 + a.reps * a.steps)
         prof.export_chrome_trace(a.profile)
-    return {"images_per_second": [n / t for t in times], "step_seconds": times, "flops_per_step": counter.get_total_flops(),
+    return {"images_per_second": [n / t for t in times], "step_seconds": times, "flops_per_step": flops,
             "lejepa_flops_per_step": lejepa_flops,
             "peak_bytes": memory, "page_faults_per_step": faults}
 
@@ -440,7 +467,15 @@ def train(a):
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=["model", "sigreg", "pipeline", "views", "train"])
-    p.add_argument("--arch", choices=["vit", "resnet", "resnet-stride2"], default="vit")
+    p.add_argument("--arch", default="vit", choices=["vit", "resnet", "resnet-stride2", "vit-tiny-patch4-depth6", "resnet18-small",
+                                                      "resnet18-small-stride2", "vit-small-patch16", "resnet50"],
+                   help="lejepa's network of that name (vit, resnet, resnet-stride2: the 28-px ones)")
+    p.add_argument("--in-chans", type=int, default=1)
+    p.add_argument("--embedding-dim", type=int, default=0, help="model: a linear embedding layer before the projector (0: none)")
+    p.add_argument("--projector", type=lambda text: [int(x) for x in text.split(",")], default=[512, 512, 64])
+    p.add_argument("--slices", type=int, default=256, help="model: SIGReg's directions")
+    p.add_argument("--drop-path", type=float, default=0.0)
+    p.add_argument("--compile", action="store_true", help="model: torch.compile the backbone and the projector")
     p.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--global-views", type=int, default=2)

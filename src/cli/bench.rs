@@ -20,6 +20,7 @@ use crate::models::{Arch, Encoder};
 use crate::objective::LeJepaObjective;
 use crate::optim::{AdamW, trainable};
 use crate::sigreg::SigReg;
+use crate::train::config::Config;
 use crate::train::{ForwardOptions, Views, lejepa_forward};
 use crate::train::memory::{cuda_empty_cache, cuda_peak_growth, measure_live_memory, minor_page_faults, peak_growth, run_fast};
 
@@ -27,7 +28,8 @@ use crate::train::memory::{cuda_empty_cache, cuda_peak_growth, measure_live_memo
 pub struct Args {
     /// Workloads, comma-separated: gemm, model, pipeline, pipeline-elpv (skipped where ELPV is not
     /// installed: scripts/setup --elpv), sigreg, views, views-jpeg (the paper's 224/96 px views of
-    /// generated 1-megapixel JPEG files, decoded every time on both sides).
+    /// generated 1-megapixel JPEG files, decoded every time on both sides), paper (the model step of
+    /// the paper's recipe: --paper-archs on 3 × 224 px images, not in the default list).
     #[arg(long, value_delimiter = ',', default_value = "gemm,model,pipeline,pipeline-elpv,sigreg,views,views-jpeg")]
     workloads: Vec<String>,
     /// Timed repetitions per row (median and spread are reported).
@@ -52,7 +54,18 @@ pub struct Args {
     /// Architectures of the model-step rows (lejepa names; the reference builds the same network).
     #[arg(long, value_delimiter = ',', default_value = "vit-tiny-patch4-depth6,resnet18-small")]
     model_archs: Vec<String>,
-    /// Precisions of the model-step and pipeline rows.
+    /// Paper rows: architectures, each with the paper preset's head (512-d embedding, projector
+    /// 2048-2048-64), 1024 SIGReg directions, drop path 0.1 and views (2 × 224 px + 6 × 96 px).
+    #[arg(long, value_delimiter = ',', default_value = "vit-small-patch16,resnet50")]
+    paper_archs: Vec<String>,
+    /// Paper rows: images per step (default: the paper's 256 on CUDA, 8 on the CPU, where a step of 8 takes seconds).
+    #[arg(long)]
+    paper_batch_size: Option<usize>,
+    /// Paper rows: the reference runs eager (what the official code runs), compiled (torch.compile
+    /// of backbone and projector, what a performance-minded user tries first), or both, each its row.
+    #[arg(long, value_delimiter = ',', default_value = "eager,compile", value_parser = ["eager", "compile"])]
+    paper_reference: Vec<String>,
+    /// Precisions of the model-step, paper and pipeline rows.
     #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
     precisions: Vec<String>,
     /// cpu, or cuda / cuda:N for the model, pipeline, SIGReg and GEMM rows (the reference runs on the same device).
@@ -202,6 +215,8 @@ struct Row {
     theirs_bytes: Option<u64>,
     /// (ours, reference) fraction of the GEMM peak.
     peak_fraction: Option<(f64, f64)>,
+    /// (ours, reference) FLOPs of one step, model rows.
+    flops: Option<(f64, f64)>,
     note: String,
 }
 
@@ -217,24 +232,108 @@ impl Row {
         json!({"workload": self.name, "unit": self.unit, "ours": self.ours, "reference": self.theirs, "ratio": self.ratio(),
                "ours_peak_bytes": self.ours_bytes, "reference_peak_bytes": self.theirs_bytes,
                "ours_peak_fraction": self.peak_fraction.map(|p| p.0), "reference_peak_fraction": self.peak_fraction.map(|p| p.1),
+               "ours_flops_per_step": self.flops.map(|f| f.0), "reference_flops_per_step": self.flops.map(|f| f.1),
                "note": self.note})
     }
 }
 
-/// The cpu-small preset's step on pre-made tensors: (images/s per repetition, peak bytes of one
-/// step, minor page faults per timed step). The memory is measured, and with --profile one more
-/// step recorded, only in the first round of a row.
-fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device, first_round: bool) -> Result<(Vec<f64>, Option<u64>, f64)> {
+/// One model-step workload, built the same on both sides: the network with its head, SIGReg's
+/// directions and one step's views (pre-made random tensors).
+struct StepShape {
+    /// lejepa's architecture name; the reference builds the same network in timm.
+    arch: String,
+    channels: i64,
+    global_size: i64,
+    local_size: i64,
+    global_views: usize,
+    local_views: usize,
+    embedding_dim: Option<i64>,
+    projector: Vec<i64>,
+    slices: i64,
+    drop_path: f64,
+    batch: usize,
+}
+
+impl StepShape {
+    /// The cpu-small preset's step: one channel, 2 × 28 px + 4 × 12 px views, projector 512-512-64.
+    fn small(arch: &str, batch: usize) -> StepShape {
+        StepShape {
+            arch: arch.into(),
+            channels: 1,
+            global_size: 28,
+            local_size: 12,
+            global_views: 2,
+            local_views: 4,
+            embedding_dim: None,
+            projector: vec![512, 512, 64],
+            slices: 256,
+            drop_path: 0.0,
+            batch,
+        }
+    }
+
+    /// The paper preset's step (§6.1) on 224-px colour photos: its views (2 × 224 px + 6 × 96 px),
+    /// 512-d embedding, projector, SIGReg directions and drop path.
+    fn paper(arch: &str, batch: usize) -> Result<StepShape> {
+        let paper = Config::preset("paper")?;
+        Ok(StepShape {
+            arch: arch.into(),
+            channels: 3,
+            global_size: 224,
+            local_size: 96,
+            global_views: paper.global_views,
+            local_views: paper.local_views,
+            embedding_dim: paper.embedding_dim,
+            projector: paper.projector,
+            slices: paper.slices,
+            drop_path: paper.drop_path,
+            batch,
+        })
+    }
+
+    /// The same network and views as arguments of the reference's `model` mode.
+    fn reference_args(&self) -> Vec<String> {
+        let projector = self.projector.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        [
+            ("--arch", self.arch.clone()),
+            ("--in-chans", self.channels.to_string()),
+            ("--global-size", self.global_size.to_string()),
+            ("--local-size", self.local_size.to_string()),
+            ("--global-views", self.global_views.to_string()),
+            ("--local-views", self.local_views.to_string()),
+            ("--embedding-dim", self.embedding_dim.unwrap_or(0).to_string()),
+            ("--projector", projector),
+            ("--slices", self.slices.to_string()),
+            ("--drop-path", self.drop_path.to_string()),
+            ("--batch", self.batch.to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value])
+        .collect()
+    }
+
+    /// "2×224 + 6×96 px, batch 8"
+    fn describe(&self) -> String {
+        format!("{}×{} + {}×{} px, batch {}", self.global_views, self.global_size, self.local_views, self.local_size, self.batch)
+    }
+}
+
+/// One shape's step on pre-made tensors: (images/s per repetition, peak bytes of one step, minor
+/// page faults per timed step). The memory is measured, and with --profile one more step
+/// recorded, only in the first round of a row.
+fn our_model_step(args: &Args, shape: &StepShape, bf16: bool, device: Device, first_round: bool) -> Result<(Vec<f64>, Option<u64>, f64)> {
     tch::manual_seed(0);
-    let n = args.batch_size as i64;
-    let encoder = Encoder::new(device, Arch::from_name(arch)?, 1, 28, 0.0, &[512, 512, 64])?;
-    let objective = LeJepaObjective::new(0.05, SigReg { slices: 256, ..SigReg::default() })?;
+    let n = shape.batch as i64;
+    let arch = Arch::from_name(&shape.arch)?;
+    let encoder = Encoder::with_embedding(device, arch, shape.channels, shape.global_size, shape.drop_path, shape.embedding_dim, &shape.projector)?;
+    let objective = LeJepaObjective::new(0.05, SigReg { slices: shape.slices, ..SigReg::default() })?;
     let mut optimizer = AdamW::new(trainable(&encoder.vs), 0.05);
-    let global = Tensor::randn([2 * n, 1, 28, 28], (Kind::Float, device));
-    let local = Tensor::randn([4 * n, 1, 12, 12], (Kind::Float, device));
+    let (c, g, l) = (shape.channels, shape.global_size, shape.local_size);
+    let global = Tensor::randn([shape.global_views as i64 * n, c, g, g], (Kind::Float, device));
+    let local = (shape.local_views > 0).then(|| Tensor::randn([shape.local_views as i64 * n, c, l, l], (Kind::Float, device)));
     let mut step = |i: u64| -> Result<()> {
         optimizer.zero_grad();
-        let views = Views { global: &global, local: Some(&local), global_views: 2 };
+        let views = Views { global: &global, local: local.as_ref(), global_views: shape.global_views };
         lejepa_forward(&encoder, &objective, &views, ForwardOptions { step: i, bf16, train: true, group: None })?.0.loss.backward();
         optimizer.step(1e-3);
         sync(device);
@@ -261,12 +360,12 @@ fn our_model_step(args: &Args, arch: &str, bf16: bool, device: Device, first_rou
         for i in 0..args.steps {
             step((4 + r * args.steps + i) as u64)?;
         }
-        rates.push(args.batch_size as f64 * args.steps as f64 / t.elapsed().as_secs_f64());
+        rates.push(shape.batch as f64 * args.steps as f64 / t.elapsed().as_secs_f64());
     }
     let faults_per_step = (minor_page_faults() - faults_before) as f64 / (args.reps * args.steps) as f64;
     if let (Some(dir), true) = (&args.profile, first_round) {
         let precision = if bf16 { "bf16" } else { "f32" };
-        profiled(&dir.join(format!("{arch}-{precision}-lejepa.json")), || step((4 + args.reps * args.steps) as u64))?;
+        profiled(&dir.join(format!("{}-{precision}-lejepa.json", shape.arch)), || step((4 + args.reps * args.steps) as u64))?;
     }
     Ok((rates, bytes, faults_per_step))
 }
@@ -389,6 +488,102 @@ fn our_jpeg_views(args: &Args, folder: &Path, batches: usize) -> Result<f64> {
 
 const JPEG_BATCH: usize = 32;
 
+/// The networks the reference builds in timm as lejepa builds them.
+const REFERENCE_ARCHS: [&str; 5] = ["vit-tiny-patch4-depth6", "resnet18-small", "resnet18-small-stride2", "vit-small-patch16", "resnet50"];
+
+/// A model-step row's FLOP rates (FLOPs of a step × steps/s, each side's), made fractions of the
+/// GEMM peak once that is measured again after all model rows.
+struct FlopRate {
+    row: usize,
+    bf16: bool,
+    ours: f64,
+    theirs: f64,
+}
+
+/// The model-step rows of `shapes`: for each shape and precision, alternating rounds of ours and
+/// the reference in each of `modes` (eager, compile), one row per mode. bf16 paper rows are skipped
+/// on a CPU without bf16 units, where libtorch emulates bf16 and one step would take hours.
+#[allow(clippy::too_many_arguments)]
+fn model_rows(
+    args: &Args, label: &str, shapes: &[StepShape], modes: &[String], device: Device, bf16_units: bool, rows: &mut Vec<Row>,
+    flop_rates: &mut Vec<FlopRate>,
+) -> Result<()> {
+    for shape in shapes {
+        ensure!(
+            REFERENCE_ARCHS.contains(&shape.arch.as_str()),
+            "{label}: the reference (benches/reference/lejepa_step.py) builds {}, not {}",
+            REFERENCE_ARCHS.join(", "),
+            shape.arch
+        );
+        for precision in args.precisions.iter().map(String::as_str) {
+            let bf16 = precision == "bf16";
+            if bf16 && device == Device::Cpu && !bf16_units && shape.global_size > 28 {
+                eprintln!("{label} {} bf16: skipped (this CPU emulates bf16)", shape.arch);
+                continue;
+            }
+            eprintln!("{label}: {} {precision}, {} …", shape.arch, shape.describe());
+            // Alternating rounds: a slow spell of a noisy machine then falls on both sides.
+            let (mut ours, mut ours_bytes, mut ours_faults) = (Vec::new(), None, Vec::new());
+            let mut theirs: Vec<(Vec<f64>, Option<u64>, Vec<f64>)> = modes.iter().map(|_| (Vec::new(), None, Vec::new())).collect();
+            // FLOPs of one step, each side's: counted by FlopCounterMode on the reference's step, and on
+            // that step with lejepa's class-token-only last block (ViT) for ours.
+            let (mut flops, mut our_flops) = (0.0, 0.0);
+            for round in 0..args.rounds {
+                let first = round == 0;
+                let (rates, bytes, faults) = our_model_step(args, shape, bf16, device, first)?;
+                ours.extend(rates);
+                ours_faults.push(faults);
+                ours_bytes = ours_bytes.or(bytes);
+                for (mode, (rates, bytes, faults)) in modes.iter().zip(&mut theirs) {
+                    let mut extra = shape.reference_args();
+                    extra.extend(["--precision".to_string(), precision.into()]);
+                    if mode == "compile" {
+                        extra.push("--compile".into());
+                    }
+                    if !first {
+                        extra.push("--skip-memory".into());
+                    }
+                    if let (Some(dir), true, "eager") = (&args.profile, first, mode.as_str()) {
+                        extra.push("--profile".into());
+                        extra.push(dir.join(format!("{}-{precision}-reference.json", shape.arch)).display().to_string());
+                    }
+                    let result = reference(args, "model", &extra)?;
+                    rates.extend(serde_json::from_value::<Vec<f64>>(result["images_per_second"].clone())?);
+                    faults.push(result["page_faults_per_step"].as_f64().unwrap_or(f64::NAN));
+                    *bytes = bytes.or(result["peak_bytes"].as_u64());
+                    flops = result["flops_per_step"].as_f64().unwrap_or(0.0);
+                    our_flops = result["lejepa_flops_per_step"].as_f64().unwrap_or(flops);
+                }
+            }
+            // FLOP/s of each side's median step, set against the GEMM peak after all rows.
+            let flop_rate = |flops: f64, rate: f64| flops * rate / shape.batch as f64;
+            for (mode, (their_rates, theirs_bytes, their_faults)) in modes.iter().zip(theirs) {
+                let against = if modes.len() > 1 || mode != "eager" { format!(", vs {}", if mode == "compile" { "torch.compile" } else { "eager" }) } else { String::new() };
+                let views = if shape.global_size > 28 { format!(", {}", shape.describe()) } else { String::new() };
+                flop_rates.push(FlopRate { row: rows.len(), bf16, ours: flop_rate(our_flops, median(&ours)), theirs: flop_rate(flops, median(&their_rates)) });
+                rows.push(Row {
+                    name: format!("{label} {} {precision}{views}{against}", shape.arch),
+                    unit: "img/s",
+                    peak_fraction: None,
+                    flops: Some((our_flops, flops)),
+                    ours: ours.clone(),
+                    theirs: Some(their_rates),
+                    ours_bytes,
+                    theirs_bytes,
+                    note: format!(
+                        "GFLOP/step ours / ref {:.1} / {:.1} (FlopCounterMode); minor page faults per timed step ours / ref: {:.0} / {:.0}",
+                        our_flops / 1e9,
+                        flops / 1e9,
+                        median(&ours_faults),
+                        median(&their_faults)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<()> {
     tch::set_num_threads(args.threads as i32);
     run_fast(); // the allocator settings of a training run (the reference's: --reference-malloc)
@@ -412,78 +607,33 @@ pub fn run(args: Args) -> Result<()> {
     let wants = |w: &str| args.workloads.iter().any(|x| x == w);
     let mut rows: Vec<Row> = Vec::new();
     let (mut peak_f32, mut peak_bf16) = (None, None);
-    if wants("gemm") || wants("model") {
+    if wants("gemm") || wants("model") || wants("paper") {
         // The bf16 peak only for bf16 rows: where the CPU emulates bf16, its 3072³ product alone takes minutes.
         peak_f32 = Some(gemm_peak(Kind::Float, device));
         peak_bf16 = args.precisions.iter().any(|p| p == "bf16").then(|| gemm_peak(Kind::BFloat16, device));
         println!("GEMM peak ({}, {} threads): {}", args.device, args.threads, describe_peaks(peak_f32, peak_bf16));
     }
-    if wants("model") {
-        let mut flop_rates = Vec::new(); // (row, bf16, ours, reference)
-        for arch in &args.model_archs {
-            let ref_arch = match arch.as_str() {
-                "vit-tiny-patch4-depth6" => "vit",
-                "resnet18-small" => "resnet",
-                "resnet18-small-stride2" => "resnet-stride2",
-                other => anyhow::bail!("--model-archs: the reference has vit-tiny-patch4-depth6, resnet18-small and resnet18-small-stride2, not {other}"),
-            };
-            for precision in args.precisions.iter().map(String::as_str) {
-                eprintln!("model step: {arch} {precision} …");
-                // Alternating rounds: a slow spell of a noisy machine then falls on both sides.
-                let (mut ours, mut their_rates, mut ours_bytes, mut theirs_bytes) = (Vec::new(), Vec::new(), None, None);
-                // FLOPs of one step, each side's: counted by FlopCounterMode on the reference's step, and on
-                // that step with lejepa's class-token-only last block (ViT) for ours.
-                let (mut flops, mut our_flops, mut ours_faults, mut their_faults) = (0.0, 0.0, Vec::new(), Vec::new());
-                for round in 0..args.rounds {
-                    let first = round == 0;
-                    let (rates, bytes, faults) = our_model_step(&args, arch, precision == "bf16", device, first)?;
-                    ours.extend(rates);
-                    ours_faults.push(faults);
-                    ours_bytes = ours_bytes.or(bytes);
-                    let mut extra = vec!["--arch".to_string(), ref_arch.into(), "--precision".into(), precision.into()];
-                    if !first {
-                        extra.push("--skip-memory".into());
-                    }
-                    if let (Some(dir), true) = (&args.profile, first) {
-                        extra.push("--profile".into());
-                        extra.push(dir.join(format!("{arch}-{precision}-reference.json")).display().to_string());
-                    }
-                    let theirs = reference(&args, "model", &extra)?;
-                    their_rates.extend(serde_json::from_value::<Vec<f64>>(theirs["images_per_second"].clone())?);
-                    their_faults.push(theirs["page_faults_per_step"].as_f64().unwrap_or(f64::NAN));
-                    theirs_bytes = theirs_bytes.or(theirs["peak_bytes"].as_u64());
-                    flops = theirs["flops_per_step"].as_f64().unwrap_or(0.0);
-                    our_flops = theirs["lejepa_flops_per_step"].as_f64().unwrap_or(flops);
-                }
-                // FLOP/s of each side's median step, set against the GEMM peak below.
-                let flop_rate = |flops: f64, rate: f64| flops * rate / args.batch_size as f64;
-                flop_rates.push((rows.len(), precision == "bf16", flop_rate(our_flops, median(&ours)), flop_rate(flops, median(&their_rates))));
-                rows.push(Row {
-                    name: format!("(a) model step {arch} {precision}"),
-                    unit: "img/s",
-                    peak_fraction: None,
-                    ours,
-                    theirs: Some(their_rates),
-                    ours_bytes,
-                    theirs_bytes,
-                    note: format!(
-                        "GFLOP/step ours / ref {:.1} / {:.1} (FlopCounterMode); minor page faults per timed step ours / ref: {:.0} / {:.0}",
-                        our_flops / 1e9,
-                        flops / 1e9,
-                        median(&ours_faults),
-                        median(&their_faults)
-                    ),
-                });
-            }
+    if wants("model") || wants("paper") {
+        let mut flop_rates = Vec::new();
+        if wants("model") {
+            let shapes: Vec<StepShape> = args.model_archs.iter().map(|arch| StepShape::small(arch, args.batch_size)).collect();
+            model_rows(&args, "(a) model step", &shapes, &["eager".to_string()], device, bf16_units, &mut rows, &mut flop_rates)?;
+        }
+        if wants("paper") {
+            let batch = args.paper_batch_size.unwrap_or(if device == Device::Cpu { 8 } else { 256 });
+            ensure!(batch >= 2, "--paper-batch-size {batch}: SIGReg needs at least 2 images per step");
+            let shapes: Vec<StepShape> = args.paper_archs.iter().map(|arch| StepShape::paper(arch, batch)).collect::<Result<_>>()?;
+            model_rows(&args, "(e) paper step", &shapes, &args.paper_reference, device, bf16_units, &mut rows, &mut flop_rates)?;
         }
         // The peak measured again after the model rows, and the better of the two kept: a slow spell
         // of a VM during one measurement would put a row above 100%.
         peak_f32 = peak_f32.map(|peak| peak.max(gemm_peak(Kind::Float, device)));
         peak_bf16 = peak_bf16.map(|peak| peak.max(gemm_peak(Kind::BFloat16, device)));
         println!("GEMM peak, the better of before and after the model rows: {}", describe_peaks(peak_f32, peak_bf16));
-        for (row, bf16, ours, theirs) in flop_rates {
-            let peak = if bf16 { peak_bf16 } else { peak_f32 }.unwrap();
-            rows[row].peak_fraction = Some((ours / peak, theirs / peak));
+        for rate in flop_rates {
+            if let Some(peak) = if rate.bf16 { peak_bf16 } else { peak_f32 } {
+                rows[rate.row].peak_fraction = Some((rate.ours / peak, rate.theirs / peak));
+            }
         }
     }
     // Fashion-MNIST: 28 px images in memory on both sides. ELPV: 300×300 PNG files that the
@@ -526,6 +676,7 @@ pub fn run(args: Args) -> Result<()> {
             ours_bytes: None,
             theirs_bytes: None,
             peak_fraction: None,
+            flops: None,
             note: format!(
                 "medians: data wait ours {:.1}%, reference {:.1}%; with start-up (opening the data, first step) ours {:.1}, reference {:.1} img/s ({:.2}×)",
                 100.0 * ours.wait,
@@ -542,7 +693,7 @@ pub fn run(args: Args) -> Result<()> {
         let theirs: Vec<f64> = (0..args.reps)
             .map(|_| reference(&args, "views", &["--batches".into(), "10".into()]).map(|v| v["views_per_second"].as_f64().unwrap_or(f64::NAN)))
             .collect::<Result<_>>()?;
-        rows.push(Row { name: format!("(d) loader, {} workers, 2×28 + 4×12 px views", args.workers), unit: "views/s", ours, theirs: Some(theirs), ours_bytes: None, theirs_bytes: None, peak_fraction: None, note: String::new() });
+        rows.push(Row { name: format!("(d) loader, {} workers, 2×28 + 4×12 px views", args.workers), unit: "views/s", ours, theirs: Some(theirs), ours_bytes: None, theirs_bytes: None, peak_fraction: None, flops: None, note: String::new() });
     }
     if wants("views-jpeg") {
         eprintln!("loader views/s on 1-megapixel JPEG files …");
@@ -555,7 +706,7 @@ pub fn run(args: Args) -> Result<()> {
             .map(|_| reference(&args, "views", &extra).map(|v| v["views_per_second"].as_f64().unwrap_or(f64::NAN)))
             .collect::<Result<_>>()?;
         let note = "1024×1024 RGB JPEG, decoded every time (our cache off); ours decodes at the size the views need".to_string();
-        rows.push(Row { name: format!("(d) loader, {} workers, JPEG files, 2×224 + 6×96 px views", args.workers), unit: "views/s", ours, theirs: Some(theirs), ours_bytes: None, theirs_bytes: None, peak_fraction: None, note });
+        rows.push(Row { name: format!("(d) loader, {} workers, JPEG files, 2×224 + 6×96 px views", args.workers), unit: "views/s", ours, theirs: Some(theirs), ours_bytes: None, theirs_bytes: None, peak_fraction: None, flops: None, note });
     }
     if wants("sigreg") {
         let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
@@ -595,7 +746,7 @@ pub fn run(args: Args) -> Result<()> {
                     Err(e) => (None, None, format!("reference failed: {}", last_line(&e.to_string()))),
                 }
             };
-            rows.push(Row { name: format!("(c) SIGReg fwd+bwd V 8, N {n}, M {m}"), unit: "s", ours, theirs, ours_bytes, theirs_bytes, peak_fraction: None, note });
+            rows.push(Row { name: format!("(c) SIGReg fwd+bwd V 8, N {n}, M {m}"), unit: "s", ours, theirs, ours_bytes, theirs_bytes, peak_fraction: None, flops: None, note });
         }
     }
 
