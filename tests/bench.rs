@@ -193,3 +193,36 @@ fn the_paper_row_times_vit_small_at_the_papers_views_on_both_sides() {
         assert!(share > 0.0 && share < 1.5, "{side}: {share} of the GEMM peak");
     }
 }
+
+#[test]
+fn a_network_the_reference_cannot_build_is_refused_before_any_measurement() {
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["bench", "--workloads", "gemm,model", "--model-archs", "vit-small-patch16"])
+        .output_within(CHILD_DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a 224-px network in the 28-px rows ran");
+    assert!(stderr.contains("--model-archs") && stderr.contains("vit-small-patch16") && stderr.contains("resnet18-small"), "{stderr}");
+    // Refused up front: no GEMM peak was timed (that alone takes seconds).
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("GEMM peak"), "measured before refusing");
+    assert!(started.elapsed().as_secs() < 30, "took {:?}", started.elapsed());
+}
+
+#[test]
+fn a_failing_reference_leaves_our_row_and_says_why() {
+    // /bin/false stands for a reference that dies (out of memory, a compile error): exit status 1, no output.
+    let out = Command::new(env!("CARGO_BIN_EXE_lejepa"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["bench", "--workloads", "model", "--model-archs", "vit-tiny-patch4-depth6", "--precisions", "f32"])
+        .args(["--rounds", "2", "--reps", "1", "--steps", "1", "--batch-size", "4", "--python", "/bin/false", "--json"])
+        .output_within(CHILD_DEADLINE);
+    assert!(out.status.success(), "lejepa bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let row = &report["rows"][0];
+    assert_eq!(row["workload"], "(a) model step vit-tiny-patch4-depth6 f32");
+    assert_eq!(row["ours"].as_array().map(Vec::len), Some(2), "our side's two rounds: {row}");
+    assert!(row["reference"].is_null() && row["ratio"].is_null(), "{row}");
+    assert!(row["note"].as_str().unwrap().contains("reference failed"), "{row}");
+}

@@ -199,11 +199,15 @@ def model_step_bench(a):
 
     if not a.skip_memory:
         measure_settings()
-    counter = FlopCounterMode(display=False)
-    with counter:  # eager, also with --compile: the same network's FLOPs
+    flops = lejepa_flops = compiling = None
+    if a.skip_memory:  # a later round of the same row: time only (the first round counted the FLOPs)
         step(0)
-    flops = lejepa_flops = counter.get_total_flops()
-    if a.arch.startswith("vit"):  # the same step with lejepa's last block, forward and backward, counted only
+    else:
+        counter = FlopCounterMode(display=False)
+        with counter:  # eager, also with --compile: the same network's FLOPs
+            step(0)
+        flops = lejepa_flops = counter.get_total_flops()
+    if a.arch.startswith("vit") and not a.skip_memory:  # the same step with lejepa's last block, forward and backward, counted only
         counting = LeJEPA(a.arch, a.in_chans, a.global_size, **shape).to(a.device)
         counting.load_state_dict(model.state_dict())
         class_token_last_block(counting.backbone)
@@ -219,7 +223,9 @@ def model_step_bench(a):
     if a.compile:  # what a performance-minded user tries first: the networks compiled, one graph per crop size
         model.backbone = torch.compile(model.backbone, dynamic=False)
         model.projector = torch.compile(model.projector, dynamic=False)
+        t0 = time.perf_counter()
         step(0)  # compiles the forward and backward graphs of both crop sizes (the warm-up steps below run compiled)
+        compiling = time.perf_counter() - t0
     step(1)
     times = []
     memory = None if a.skip_memory else peak_growth(lambda: step(2), a.device)
@@ -237,7 +243,7 @@ def model_step_bench(a):
             step(4 + a.reps * a.steps)
         prof.export_chrome_trace(a.profile)
     return {"images_per_second": [n / t for t in times], "step_seconds": times, "flops_per_step": flops,
-            "lejepa_flops_per_step": lejepa_flops,
+            "lejepa_flops_per_step": lejepa_flops, "compile_seconds": compiling,
             "peak_bytes": memory, "page_faults_per_step": faults}
 
 
@@ -487,7 +493,7 @@ if __name__ == "__main__":
     p.add_argument("--local-scale", type=scales, default=(0.05, 0.3), help="local crops' area, fractions of the image")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--skip-memory", action="store_true", help="model: time only (a later round of the same row)")
+    p.add_argument("--skip-memory", action="store_true", help="model: time only, no memory or FLOP count (a later round of the same row)")
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--data", choices=["fashion-mnist", "elpv"], default="fashion-mnist", help="pipeline and views: the images")
     p.add_argument("--folder", help="views: a folder of .jpg photos instead of --data")

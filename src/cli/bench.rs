@@ -68,7 +68,7 @@ pub struct Args {
     /// Precisions of the model-step, paper and pipeline rows.
     #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
     precisions: Vec<String>,
-    /// cpu, or cuda / cuda:N for the model, pipeline, SIGReg and GEMM rows (the reference runs on the same device).
+    /// cpu, or cuda / cuda:N for the model, paper, pipeline, SIGReg and GEMM rows (the reference runs on the same device).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Python with torch, timm and torchvision (scripts/setup --python).
@@ -252,6 +252,8 @@ struct StepShape {
     slices: i64,
     drop_path: f64,
     batch: usize,
+    /// The paper's recipe (the `paper` workload) rather than cpu-small's.
+    paper: bool,
 }
 
 impl StepShape {
@@ -269,6 +271,7 @@ impl StepShape {
             slices: 256,
             drop_path: 0.0,
             batch,
+            paper: false,
         }
     }
 
@@ -288,6 +291,7 @@ impl StepShape {
             slices: paper.slices,
             drop_path: paper.drop_path,
             batch,
+            paper: true,
         })
     }
 
@@ -310,6 +314,11 @@ impl StepShape {
         .into_iter()
         .flat_map(|(flag, value)| [flag.to_string(), value])
         .collect()
+    }
+
+    /// The --profile trace of one side: `<arch>-<precision>-<side>.json`, `paper-…` for the paper rows.
+    fn profile_name(&self, precision: &str, side: &str) -> String {
+        format!("{}{}-{precision}-{side}.json", if self.paper { "paper-" } else { "" }, self.arch)
     }
 
     /// "2×224 + 6×96 px, batch 8"
@@ -365,7 +374,7 @@ fn our_model_step(args: &Args, shape: &StepShape, bf16: bool, device: Device, fi
     let faults_per_step = (minor_page_faults() - faults_before) as f64 / (args.reps * args.steps) as f64;
     if let (Some(dir), true) = (&args.profile, first_round) {
         let precision = if bf16 { "bf16" } else { "f32" };
-        profiled(&dir.join(format!("{}-{precision}-lejepa.json", shape.arch)), || step((4 + args.reps * args.steps) as u64))?;
+        profiled(&dir.join(shape.profile_name(precision, "lejepa")), || step((4 + args.reps * args.steps) as u64))?;
     }
     Ok((rates, bytes, faults_per_step))
 }
@@ -488,8 +497,10 @@ fn our_jpeg_views(args: &Args, folder: &Path, batches: usize) -> Result<f64> {
 
 const JPEG_BATCH: usize = 32;
 
-/// The networks the reference builds in timm as lejepa builds them.
-const REFERENCE_ARCHS: [&str; 5] = ["vit-tiny-patch4-depth6", "resnet18-small", "resnet18-small-stride2", "vit-small-patch16", "resnet50"];
+/// The networks the reference builds in timm as lejepa builds them: for 28-px views (model rows) and
+/// for the paper's 224/96-px views (paper rows).
+const SMALL_ARCHS: [&str; 3] = ["vit-tiny-patch4-depth6", "resnet18-small", "resnet18-small-stride2"];
+const PAPER_ARCHS: [&str; 2] = ["vit-small-patch16", "resnet50"];
 
 /// A model-step row's FLOP rates (FLOPs of a step × steps/s, each side's), made fractions of the
 /// GEMM peak once that is measured again after all model rows.
@@ -498,6 +509,18 @@ struct FlopRate {
     bf16: bool,
     ours: f64,
     theirs: f64,
+}
+
+/// One reference mode's measurements in a model-step row.
+#[derive(Default)]
+struct TheirSide {
+    rates: Vec<f64>,
+    bytes: Option<u64>,
+    faults: Vec<f64>,
+    /// Seconds `torch.compile` took (compile mode), per round.
+    compiling: Vec<f64>,
+    /// Why the reference failed (out of memory, a compile error): the row keeps ours and says so.
+    failed: Option<String>,
 }
 
 /// The model-step rows of `shapes`: for each shape and precision, alternating rounds of ours and
@@ -509,74 +532,85 @@ fn model_rows(
     flop_rates: &mut Vec<FlopRate>,
 ) -> Result<()> {
     for shape in shapes {
-        ensure!(
-            REFERENCE_ARCHS.contains(&shape.arch.as_str()),
-            "{label}: the reference (benches/reference/lejepa_step.py) builds {}, not {}",
-            REFERENCE_ARCHS.join(", "),
-            shape.arch
-        );
         for precision in args.precisions.iter().map(String::as_str) {
             let bf16 = precision == "bf16";
-            if bf16 && device == Device::Cpu && !bf16_units && shape.global_size > 28 {
+            if bf16 && device == Device::Cpu && !bf16_units && shape.paper {
                 eprintln!("{label} {} bf16: skipped (this CPU emulates bf16)", shape.arch);
                 continue;
             }
             eprintln!("{label}: {} {precision}, {} …", shape.arch, shape.describe());
             // Alternating rounds: a slow spell of a noisy machine then falls on both sides.
             let (mut ours, mut ours_bytes, mut ours_faults) = (Vec::new(), None, Vec::new());
-            let mut theirs: Vec<(Vec<f64>, Option<u64>, Vec<f64>)> = modes.iter().map(|_| (Vec::new(), None, Vec::new())).collect();
-            // FLOPs of one step, each side's: counted by FlopCounterMode on the reference's step, and on
-            // that step with lejepa's class-token-only last block (ViT) for ours.
-            let (mut flops, mut our_flops) = (0.0, 0.0);
+            let mut theirs: Vec<TheirSide> = modes.iter().map(|_| TheirSide::default()).collect();
+            // FLOPs of one step, each side's: counted by FlopCounterMode on the reference's first step, and
+            // on that step with lejepa's class-token-only last block (ViT) for ours.
+            let mut counted: Option<(f64, f64)> = None;
             for round in 0..args.rounds {
                 let first = round == 0;
                 let (rates, bytes, faults) = our_model_step(args, shape, bf16, device, first)?;
                 ours.extend(rates);
                 ours_faults.push(faults);
                 ours_bytes = ours_bytes.or(bytes);
-                for (mode, (rates, bytes, faults)) in modes.iter().zip(&mut theirs) {
+                for (mode, side) in modes.iter().zip(&mut theirs) {
+                    if side.failed.is_some() {
+                        continue;
+                    }
                     let mut extra = shape.reference_args();
                     extra.extend(["--precision".to_string(), precision.into()]);
                     if mode == "compile" {
                         extra.push("--compile".into());
                     }
                     if !first {
-                        extra.push("--skip-memory".into());
+                        extra.push("--skip-memory".into()); // time only: no memory, no FLOP count
                     }
                     if let (Some(dir), true, "eager") = (&args.profile, first, mode.as_str()) {
                         extra.push("--profile".into());
-                        extra.push(dir.join(format!("{}-{precision}-reference.json", shape.arch)).display().to_string());
+                        extra.push(dir.join(shape.profile_name(precision, "reference")).display().to_string());
                     }
-                    let result = reference(args, "model", &extra)?;
-                    rates.extend(serde_json::from_value::<Vec<f64>>(result["images_per_second"].clone())?);
-                    faults.push(result["page_faults_per_step"].as_f64().unwrap_or(f64::NAN));
-                    *bytes = bytes.or(result["peak_bytes"].as_u64());
-                    flops = result["flops_per_step"].as_f64().unwrap_or(0.0);
-                    our_flops = result["lejepa_flops_per_step"].as_f64().unwrap_or(flops);
+                    let result = match reference(args, "model", &extra) {
+                        Ok(result) => result,
+                        Err(e) => {
+                            eprintln!("reference {mode} failed: {e:#}");
+                            side.failed = Some(last_line(&format!("{e:#}")).to_string());
+                            continue;
+                        }
+                    };
+                    side.rates.extend(serde_json::from_value::<Vec<f64>>(result["images_per_second"].clone())?);
+                    side.faults.push(result["page_faults_per_step"].as_f64().unwrap_or(f64::NAN));
+                    side.bytes = side.bytes.or(result["peak_bytes"].as_u64());
+                    side.compiling.extend(result["compile_seconds"].as_f64());
+                    if let (None, Some(flops)) = (counted, result["flops_per_step"].as_f64()) {
+                        counted = Some((result["lejepa_flops_per_step"].as_f64().unwrap_or(flops), flops));
+                    }
                 }
             }
+            let (our_flops, flops) = counted.unwrap_or((f64::NAN, f64::NAN));
             // FLOP/s of each side's median step, set against the GEMM peak after all rows.
             let flop_rate = |flops: f64, rate: f64| flops * rate / shape.batch as f64;
-            for (mode, (their_rates, theirs_bytes, their_faults)) in modes.iter().zip(theirs) {
+            for (mode, side) in modes.iter().zip(theirs) {
                 let against = if modes.len() > 1 || mode != "eager" { format!(", vs {}", if mode == "compile" { "torch.compile" } else { "eager" }) } else { String::new() };
-                let views = if shape.global_size > 28 { format!(", {}", shape.describe()) } else { String::new() };
-                flop_rates.push(FlopRate { row: rows.len(), bf16, ours: flop_rate(our_flops, median(&ours)), theirs: flop_rate(flops, median(&their_rates)) });
+                let views = if shape.paper { format!(", {}", shape.describe()) } else { String::new() };
+                let mut note = format!("GFLOP/step ours / ref {:.1} / {:.1} (FlopCounterMode)", our_flops / 1e9, flops / 1e9);
+                if let Some(why) = &side.failed {
+                    note.push_str(&format!("; reference failed: {why}"));
+                }
+                if !side.rates.is_empty() {
+                    flop_rates.push(FlopRate { row: rows.len(), bf16, ours: flop_rate(our_flops, median(&ours)), theirs: flop_rate(flops, median(&side.rates)) });
+                    note.push_str(&format!("; minor page faults per timed step ours / ref: {:.0} / {:.0}", median(&ours_faults), median(&side.faults)));
+                }
+                if !side.compiling.is_empty() {
+                    note.push_str(&format!("; compiling took {:.0} s (not timed)", median(&side.compiling)));
+                }
                 rows.push(Row {
                     name: format!("{label} {} {precision}{views}{against}", shape.arch),
                     unit: "img/s",
                     peak_fraction: None,
-                    flops: Some((our_flops, flops)),
+                    flops: counted.map(|_| (our_flops, flops)),
                     ours: ours.clone(),
-                    theirs: Some(their_rates),
+                    theirs: (!side.rates.is_empty()).then_some(side.rates),
                     ours_bytes,
-                    theirs_bytes,
-                    note: format!(
-                        "GFLOP/step ours / ref {:.1} / {:.1} (FlopCounterMode); minor page faults per timed step ours / ref: {:.0} / {:.0}",
-                        our_flops / 1e9,
-                        flops / 1e9,
-                        median(&ours_faults),
-                        median(&their_faults)
-                    ),
+                    theirs_bytes: side.bytes,
+                    note,
                 });
             }
         }
@@ -590,6 +624,13 @@ pub fn run(args: Args) -> Result<()> {
     let device = crate::train::parse_device(&args.device)?;
     ensure!(device == Device::Cpu || tch::Cuda::is_available(), "--device {}: CUDA is not available", args.device);
     ensure!(args.rounds >= 1 && args.reps >= 1 && args.steps >= 1, "--rounds, --reps and --steps must be at least 1");
+    let wants = |w: &str| args.workloads.iter().any(|x| x == w);
+    // Before any measurement: a network the reference cannot build would fail only after minutes.
+    for (workload, archs, known) in [("model", &args.model_archs, &SMALL_ARCHS[..]), ("paper", &args.paper_archs, &PAPER_ARCHS[..])] {
+        if let (true, Some(arch)) = (wants(workload), archs.iter().find(|arch| !known.contains(&arch.as_str()))) {
+            anyhow::bail!("--{workload}-archs: the reference (benches/reference/lejepa_step.py) builds {} for these rows, not {arch}", known.join(", "));
+        }
+    }
     if let Some(dir) = &args.profile {
         std::fs::create_dir_all(dir).with_context(|| format!("--profile: creating {}", dir.display()))?;
     }
@@ -604,7 +645,6 @@ pub fn run(args: Args) -> Result<()> {
         let reference = if args.reference_mkl == "lejepa" { "the same for the reference" } else { "the reference: MKL's own choice" };
         println!("{mkl}; {reference}");
     }
-    let wants = |w: &str| args.workloads.iter().any(|x| x == w);
     let mut rows: Vec<Row> = Vec::new();
     let (mut peak_f32, mut peak_bf16) = (None, None);
     if wants("gemm") || wants("model") || wants("paper") {
@@ -750,7 +790,8 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
 
-    println!("\n{:<52} {:>8} {:>22} {:>22} {:>7} {:>19} {:>13}  note", "workload", "unit", "lejepa median [min–max]", "PyTorch median [min–max]", "ratio", "peak MB ours/ref", "% GEMM peak");
+    let width = rows.iter().map(|row| row.name.chars().count()).max().unwrap_or(0).max(52);
+    println!("\n{:<width$} {:>8} {:>22} {:>22} {:>7} {:>19} {:>13}  note", "workload", "unit", "lejepa median [min–max]", "PyTorch median [min–max]", "ratio", "peak MB ours/ref", "% GEMM peak");
     for row in &rows {
         let cell = |v: &[f64]| {
             let (lo, hi) = spread(v);
@@ -758,7 +799,7 @@ pub fn run(args: Args) -> Result<()> {
         };
         let mb = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.0}", b as f64 / 1e6));
         println!(
-            "{:<52} {:>8} {:>22} {:>22} {:>7} {:>19} {:>13}  {}",
+            "{:<width$} {:>8} {:>22} {:>22} {:>7} {:>19} {:>13}  {}",
             row.name,
             row.unit,
             cell(&row.ours),
