@@ -6,6 +6,8 @@ Algorithm 2's loss, torch.optim.AdamW, bf16 through torch.autocast; and for the 
 torchvision v2 multi-crop transform behind a DataLoader with workers.
 
   python benches/reference/lejepa_step.py model --arch vit --precision f32 --batch 128 --reps 5 --steps 3
+  python benches/reference/lejepa_step.py model --arch vit-small-patch16 --in-chans 3 --global-size 224 --local-size 96 \
+      --local-views 6 --embedding-dim 512 --projector 2048,2048,64 --slices 1024 --drop-path 0.1 --batch 8 --compile
   python benches/reference/lejepa_step.py sigreg --n 1024 --m 1024 --views 8 --reps 5
   python benches/reference/lejepa_step.py pipeline --arch vit --batch 128 --steps 20 --workers 2
   python benches/reference/lejepa_step.py views --batch 128 --batches 20 --workers 2
