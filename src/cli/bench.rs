@@ -48,10 +48,11 @@ pub struct Args {
     /// Data-loading workers of both sides in the pipeline and view rows.
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Images per step (before multi-crop: 2 global 28 px + 4 local 12 px views each).
+    /// Images per step of the model, pipeline and view rows (before multi-crop: 2 global 28 px + 4 local 12 px views each).
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
-    /// Architectures of the model-step rows (lejepa names; the reference builds the same network).
+    /// Architectures of the model-step rows: vit-tiny-patch4-depth6, resnet18-small, resnet18-small-stride2
+    /// (the reference builds the same networks).
     #[arg(long, value_delimiter = ',', default_value = "vit-tiny-patch4-depth6,resnet18-small")]
     model_archs: Vec<String>,
     /// Paper rows: architectures, each with the paper preset's head (512-d embedding, projector
