@@ -199,29 +199,28 @@ def model_step_bench(a):
         opt.step()
         sync(a.device)
 
-    if not a.skip_memory:
-        measure_settings()
     flops = lejepa_flops = compiling = None
     if a.skip_memory:  # a later round of the same row: time only (the first round counted the FLOPs)
         step(0)
     else:
+        measure_settings()
         counter = FlopCounterMode(display=False)
         with counter:  # eager, also with --compile: the same network's FLOPs
             step(0)
         flops = lejepa_flops = counter.get_total_flops()
-    if a.arch.startswith("vit") and not a.skip_memory:  # the same step with lejepa's last block, forward and backward, counted only
-        counting = LeJEPA(a.arch, a.in_chans, a.global_size, **shape).to(a.device)
-        counting.load_state_dict(model.state_dict())
-        class_token_last_block(counting.backbone)
-        model.eval(), counting.eval()  # no drop path: the patched block must compute what timm's computes
-        with torch.no_grad():
-            same = torch.allclose(counting.backbone(g[:4]), model.backbone(g[:4]), rtol=1e-4, atol=1e-5)
-        assert same, "class_token_last_block changed the embedding"
-        model.train(), counting.train()
-        with FlopCounterMode(display=False) as lejepa_counter:
-            counting.loss(g, l, n, 0, bf16).backward()
-        lejepa_flops = lejepa_counter.get_total_flops()
-        del counting
+        if a.arch.startswith("vit"):  # the same step with lejepa's last block, forward and backward, counted only
+            counting = LeJEPA(a.arch, a.in_chans, a.global_size, **shape).to(a.device)
+            counting.load_state_dict(model.state_dict())
+            class_token_last_block(counting.backbone)
+            model.eval(), counting.eval()  # no drop path: the patched block must compute what timm's computes
+            with torch.no_grad():
+                same = torch.allclose(counting.backbone(g[:4]), model.backbone(g[:4]), rtol=1e-4, atol=1e-5)
+            assert same, "class_token_last_block changed the embedding"
+            model.train(), counting.train()
+            with FlopCounterMode(display=False) as lejepa_counter:
+                counting.loss(g, l, n, 0, bf16).backward()
+            lejepa_flops = lejepa_counter.get_total_flops()
+            del counting
     if a.compile:  # what a performance-minded user tries first: the networks compiled, one graph per crop size
         model.backbone = torch.compile(model.backbone, dynamic=False)
         model.projector = torch.compile(model.projector, dynamic=False)
